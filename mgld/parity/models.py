@@ -1,0 +1,1 @@
+"""Parity checks of the model fixtures (``unet.pt``, ``vae.pt``)."""

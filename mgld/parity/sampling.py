@@ -1,0 +1,1 @@
+"""Parity checks of the sampling fixtures (``schedule.json``, ``occlusion.pt``, ``guidance.pt``, ``colorfix.pt``)."""
