@@ -13,7 +13,8 @@ what MGLD adds is mapped here explicitly:
 * Time-aware encoder: same names, prefix stripped.
 * Video VAE: LDM decoder levels are reversed in diffusers (``up.{i}`` -> ``up_blocks.{L-1-i}``);
   ``decoder.temporal_mixing`` / ``decoder.up.{i}.temporal_mixing.{j}`` -> ``temporal.mid`` /
-  ``temporal.up.{L-1-i}.{j}``; ``decoder.fusion_layer_{k}.encode_enc_{1,2,3}`` -> ``fusion.{k}.{fuse_in,dense,fuse_out}``.
+  ``temporal.up.{L-1-i}.{j}``; ``decoder.fusion_layer_{k}.encode_enc_{1,2,3}`` ->
+  ``fusion.{k}.{fuse_in,dense,fuse_out}``.
 
 Every converter checks that each input tensor lands somewhere (a key the diffusers converter would
 silently drop raises) and the caller loads the result strictly.
@@ -137,8 +138,81 @@ def convert_vae(vae_sd: dict, num_levels: int) -> dict:
         else:
             sd_layout[key] = value
     # diffusers' converter needs the level count from the config
-    config = {"down_block_types": ("DownEncoderBlock2D",) * num_levels, "up_block_types": ("UpDecoderBlock2D",) * num_levels}
+    config = {
+        "down_block_types": ("DownEncoderBlock2D",) * num_levels,
+        "up_block_types": ("UpDecoderBlock2D",) * num_levels,
+    }
     for key, value in convert_ldm_vae_checkpoint(sd_layout, config).items():
         converted["base." + key] = value
     _check_all_used(vae_sd, converted, "VAE")
     return converted
+
+
+# ----------------------------------------------------------------------------------------------
+# Whole checkpoints
+# ----------------------------------------------------------------------------------------------
+
+VAE_PREFIXES = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
+
+
+def official_denoiser_state_dict(ckpt_sd: dict, cfg, context: torch.Tensor | None = None) -> dict:
+    """Official stage-1 checkpoint state dict -> :class:`~mgld.models.MGLDDenoiser` state dict.
+
+    ``context`` (``1 L D``) overrides the empty-prompt context, which is otherwise computed from the
+    checkpoint's OpenCLIP tower (``cond_stage_model.model.*``). The SD VAE, RAFT and schedule
+    buffers of the checkpoint are not part of the denoiser and are ignored.
+    """
+    from mgld.text_context import context_from_openclip, has_openclip_tower
+
+    unet_sd = strip_prefix(ckpt_sd, UNET_PREFIX)
+    encoder_sd = strip_prefix(ckpt_sd, COND_ENCODER_PREFIX)
+    if not unet_sd or not encoder_sd:
+        raise ConversionError(
+            f"not an MGLD-VSR stage-1 checkpoint: {len(unet_sd)} keys under {UNET_PREFIX!r}, "
+            f"{len(encoder_sd)} under {COND_ENCODER_PREFIX!r} (both are needed)"
+        )
+    out = {f"unet.{k}": v for k, v in convert_unet(unet_sd, cfg.unet.num_res_blocks).items()}
+    out.update({f"cond_encoder.{k}": v for k, v in encoder_sd.items()})
+    if context is None:
+        if not has_openclip_tower(ckpt_sd):
+            raise ConversionError(
+                "the checkpoint has no OpenCLIP text tower (cond_stage_model.model.*) to compute the "
+                "empty-prompt context from; pass the context explicitly (or an SD 2.1 checkpoint/folder)"
+            )
+        context = context_from_openclip(ckpt_sd)
+    out["text_context"] = context.detach().float().reshape(1, *context.shape[-2:])
+    return out
+
+
+def official_vae_state_dict(ckpt_sd: dict, cfg) -> dict:
+    """Official video-VAE checkpoint state dict -> :class:`~mgld.models.TemporalVAE` state dict.
+
+    Training-only ``loss.*`` keys (LPIPS, SpyNet, discriminator) are dropped.
+    """
+    vae_sd = {k: v for k, v in ckpt_sd.items() if k.startswith(VAE_PREFIXES)}
+    other = sorted(k for k in ckpt_sd if not k.startswith(VAE_PREFIXES) and not k.startswith("loss."))
+    if other:
+        raise ConversionError(f"unexpected keys in a video-VAE checkpoint (first 20 of {len(other)}): {other[:20]}")
+    if not vae_sd:
+        raise ConversionError("not a video-VAE checkpoint: no encoder./decoder. keys")
+    return convert_vae(vae_sd, len(cfg.vae.ch_mult))
+
+
+def sd_unet_state_dict(ckpt_sd: dict, num_res_blocks: int) -> dict:
+    """A plain SD 2.x LDM checkpoint's UNet -> diffusers ``UNet2DConditionModel`` keys."""
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    unet_sd = {k: v for k, v in ckpt_sd.items() if k.startswith(UNET_PREFIX)}
+    if not unet_sd:
+        raise ConversionError(f"no {UNET_PREFIX}* keys: not a Stable Diffusion checkpoint")
+    converted = convert_ldm_unet_checkpoint(unet_sd, {"layers_per_block": num_res_blocks})
+    _check_all_used(unet_sd, converted, "SD UNet")
+    return converted
+
+
+def sd_vae_state_dict(ckpt_sd: dict, num_levels: int) -> dict:
+    """A plain SD LDM checkpoint's ``first_stage_model`` -> diffusers ``AutoencoderKL`` keys."""
+    vae_sd = strip_prefix(ckpt_sd, FIRST_STAGE_PREFIX)
+    if not vae_sd:
+        raise ConversionError(f"no {FIRST_STAGE_PREFIX}* keys: not a Stable Diffusion checkpoint")
+    return {k.removeprefix("base."): v for k, v in convert_vae(vae_sd, num_levels).items()}

@@ -32,7 +32,7 @@ class CFWFusion(nn.Module):
     def forward(self, enc: torch.Tensor, dec: torch.Tensor, w: float = 1.0) -> torch.Tensor:
         """enc, dec: ``(b t) C H W`` -> ``(b t) C H W``; ``w`` scales the fused correction."""
         if enc.shape != dec.shape:
-            raise ValueError(f"CFW: encoder features {tuple(enc.shape)} do not match decoder features {tuple(dec.shape)}")
+            raise ValueError(f"CFW: encoder features {tuple(enc.shape)} do not match decoder {tuple(dec.shape)}")
         h = self.fuse_in(torch.cat([enc, dec], dim=1), None)
         h = self.fuse_out(self.dense(h), None)
         return dec + w * h

@@ -37,6 +37,7 @@ def sd_unet_kwargs(
     num_res_blocks: int = 2,
     attention_resolutions: Sequence[int] = (4, 2, 1),
     num_head_channels: int = 64,
+    num_heads: int = -1,
     context_dim: int = 1024,
     transformer_depth: int = 1,
     use_linear_projection: bool = True,
@@ -45,9 +46,13 @@ def sd_unet_kwargs(
     """``UNet2DConditionModel`` kwargs for an LDM-style UNet description (SD 2.1-base by default).
 
     ``attention_resolutions`` lists the downsampling factors (1, 2, 4, ...) whose level has
-    cross-attention transformers; ``num_head_channels`` fixes the head width (heads = channels / it).
+    cross-attention transformers; ``num_head_channels`` fixes the head width (heads = channels / it),
+    or, when it is -1, ``num_heads`` fixes the number of heads.
     """
     block_out = [model_channels * m for m in channel_mult]
+    if num_head_channels == -1 and num_heads <= 0:
+        raise ValueError("set num_head_channels, or num_head_channels=-1 and num_heads > 0")
+    heads = [num_heads if num_head_channels == -1 else c // num_head_channels for c in block_out]
     has_attn = [2**level in attention_resolutions for level in range(len(channel_mult))]
     return dict(
         in_channels=in_channels,
@@ -58,7 +63,7 @@ def sd_unet_kwargs(
         layers_per_block=num_res_blocks,
         cross_attention_dim=context_dim,
         # diffusers' historic misnomer: ``attention_head_dim`` holds the number of heads per level
-        attention_head_dim=tuple(c // num_head_channels for c in block_out),
+        attention_head_dim=tuple(heads),
         transformer_layers_per_block=transformer_depth,
         use_linear_projection=use_linear_projection,
         upcast_attention=upcast_attention,
