@@ -34,3 +34,12 @@ def import_basicsr(module: str = "basicsr"):
     """Import a basicsr (sub)module after the shim; every basicsr import in mgld goes through here."""
     install_torchvision_functional_tensor_alias()
     return importlib.import_module(module)
+
+
+def quiet_third_party_logs() -> None:
+    """Silence start-up warnings unrelated to mgld: bitsandbytes (pulled in by pyiqa and imported
+    by diffusers) warns on CPUs with AVX512-BF16 that an optional 4-bit kernel package is missing;
+    mgld never quantises to 4 bits."""
+    import logging
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
