@@ -1,0 +1,1 @@
+"""Data: degradations (spec §6.1) and, later, datasets."""
