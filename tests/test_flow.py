@@ -48,6 +48,7 @@ def test_translation_warped_back_matches_except_borders():
     assert out[..., -2:, :].abs().max() == 0 and out[..., :, -3:].abs().max() == 0  # zeros padding
 
 
+@pytest.mark.filterwarnings("ignore:torch.meshgrid")  # basicsr's own call
 def test_flow_warp_and_resize_flow_match_basicsr():
     arch_util = import_basicsr("basicsr.archs.arch_util")
     x, flow = torch.randn(2, 4, 10, 14), 3 * torch.randn(2, 2, 10, 14)
@@ -191,11 +192,11 @@ def test_build_raft_from_original_and_torchvision_files(tmp_path):
 
 
 def test_raft_estimator_pads_and_crops():
-    estimator = RaftEstimator(raft_small(weights=None), num_iters=2)
+    estimator = RaftEstimator(raft_small(weights=None), num_iters=1)
     ref, sup = torch.rand(1, 3, 36, 44), torch.rand(1, 3, 36, 44)
     flow = estimator(ref, sup)
     assert flow.shape == (1, 2, 36, 44) and torch.isfinite(flow).all()
-    symmetric = RaftEstimator(estimator.model, input_range="symmetric", num_iters=2)(ref, sup)
+    symmetric = RaftEstimator(estimator.model, input_range="symmetric", num_iters=1)(ref, sup)
     assert not torch.allclose(flow, symmetric)  # the input range reaches the network
 
 
