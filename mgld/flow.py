@@ -67,16 +67,14 @@ def flow_warp(x: Tensor, flow: Tensor, interp: str = "bilinear", padding_mode: s
     """
     if x.ndim != 4 or flow.ndim != 4 or flow.shape[1] != 2:
         raise ValueError(
-            f"flow_warp expects x (n, c, h, w) and flow (n, 2, h, w), got {tuple(x.shape)}, "
-            f"{tuple(flow.shape)}"
+            f"flow_warp expects x (n, c, h, w) and flow (n, 2, h, w), got {tuple(x.shape)}, {tuple(flow.shape)}"
         )
     if x.shape[-2:] != flow.shape[-2:]:
         raise ValueError(f"flow_warp: x grid {tuple(x.shape[-2:])} != flow grid {tuple(flow.shape[-2:])}")
     h, w = x.shape[-2:]
+    dtype = torch.promote_types(flow.dtype, torch.float32)  # pixel positions need more than fp16's 11 bits
     grid_y, grid_x = torch.meshgrid(
-        torch.arange(h, device=x.device, dtype=flow.dtype),
-        torch.arange(w, device=x.device, dtype=flow.dtype),
-        indexing="ij",
+        torch.arange(h, device=x.device, dtype=dtype), torch.arange(w, device=x.device, dtype=dtype), indexing="ij"
     )
     pos_x = grid_x + flow[:, 0]  # n h w
     pos_y = grid_y + flow[:, 1]
@@ -253,9 +251,7 @@ class RaftEstimator(nn.Module):
     ``num_iters`` refinement steps (10 upstream).
     """
 
-    def __init__(
-        self, model: nn.Module, input_range: Literal["unit", "symmetric"] = "unit", num_iters: int = 10
-    ):
+    def __init__(self, model: nn.Module, input_range: Literal["unit", "symmetric"] = "unit", num_iters: int = 10):
         super().__init__()
         if input_range not in ("unit", "symmetric"):
             raise ValueError(f"input_range must be 'unit' or 'symmetric', got {input_range!r}")

@@ -94,7 +94,7 @@ def guidance_step(
     flows: tuple[Tensor, Tensor],
     masks: tuple[Tensor, Tensor],
     scale: float = DEFAULT_GUIDANCE_SCALE,
-    log_variance: float | Tensor = 0.0,
+    log_variance: float | Tensor | None = None,
     variant: GuidanceVariant = "reference",
     *,
     num_frames: int | None = None,
@@ -112,6 +112,8 @@ def guidance_step(
     """
     if scale == 0:
         return latents, None
+    if log_variance is None:
+        raise ValueError("guidance_step needs log_variance, the clipped posterior log-variance of the step")
     if num_frames is None:
         num_frames = flows[0].shape[1] + 1
     with torch.enable_grad():

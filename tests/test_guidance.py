@@ -128,3 +128,5 @@ def test_shape_errors_name_the_input():
         warping_loss(z, (flow_f, flow_b[:, :2]), masks, 4)
     with pytest.raises(ValueError, match="variant"):
         warping_loss(z, (flow_f, flow_b), masks, 4, "intended")
+    with pytest.raises(ValueError, match="log_variance"):
+        guidance_step(z, (flow_f, flow_b), masks, scale=10.0)
