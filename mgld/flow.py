@@ -196,7 +196,8 @@ RAFT_ORIGINAL_TO_TORCHVISION: tuple[tuple[str, str], ...] = (
     (r"^update_block\.mask\.0\.", "mask_predictor.convrelu.0."),
     (r"^update_block\.mask\.2\.", "mask_predictor.conv."),
 )
-# Prefixes a raft-things state dict may carry: DataParallel's, or the authors' Lightning checkpoint's.
+# Prefixes a raft-things state dict may carry: DataParallel's, or that of the RAFT_SR keys (same layout)
+# taken out of the authors' stage-1 checkpoint.
 _RAFT_PREFIXES = ("flownet_model.", "module.")
 
 
