@@ -178,6 +178,9 @@ def test_raft_things_key_mapping_round_trips():
     assert converted.keys() == state.keys()
     assert all(converted[k] is state[k] for k in state)
     raft_large(weights=None).load_state_dict(converted, strict=True)
+    # the same keys as the authors' stage-1 checkpoint stores them (RAFT_SR, `flownet_model.` prefix)
+    stage1 = {"flownet_model." + k.removeprefix("module."): v for k, v in original.items()}
+    assert convert_raft_things_state_dict(stage1).keys() == state.keys()
 
 
 def test_build_raft_from_original_and_torchvision_files(tmp_path):
