@@ -91,6 +91,11 @@ def convert_unet(unet_sd: dict, num_res_blocks: int) -> dict:
         if index in _MID_SD_SLOT:
             sd_layout[f"{UNET_PREFIX}middle_block.{_MID_SD_SLOT[index]}.{rest}"] = value
         elif index in _MID_TEMPORAL_SLOT:
+            if "temporal" not in rest and not rest.startswith("norm."):
+                raise ConversionError(
+                    f"UNet key {key!r} is not a temporal layer: this looks like a plain Stable Diffusion UNet "
+                    "(middle block 0..2), not an MGLD-VSR one; initialise training from SD instead"
+                )
             converted[f"temporal.{_MID_TEMPORAL_SLOT[index]}.{rest}"] = value
         else:
             raise ConversionError(f"unexpected middle-block slot {index} in UNet key {key!r}")

@@ -17,9 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
-from mgld.checkpoints import save_model_folder
-from mgld.config import Config, load_config
-from mgld.weights import convert_official, default_weights_dir, init_denoiser_from_sd, init_vae_from_sd
+from mgld.hub import default_weights_dir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --stage1 and/or --vae, or --from-sd")
     if args.from_sd is not None and (args.stage1 or args.vae):
         parser.error("--from-sd cannot be combined with --stage1/--vae")
+    # heavy imports after argument parsing, so that --help is instant
+    from mgld.checkpoints import save_model_folder
+    from mgld.config import Config, load_config
+    from mgld.weights import convert_official, init_denoiser_from_sd, init_vae_from_sd
+
     cfg = load_config(args.config, args.overrides, Config).model
     out = args.out or default_weights_dir()
     try:

@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from mgld.weights import DEFAULT_REPO_ID, OFFICIAL_FILES, convert_official, download_official, mgld_home
+from mgld.hub import DEFAULT_REPO_ID, OFFICIAL_FILES, download_official, mgld_home
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if not args.no_convert:
+        from mgld.weights import convert_official
+
         out = convert_official(dest / "mgld-vsr", stage1=paths["stage1"], vae=paths["vae"])
         logging.info("converted weights in %s; RAFT weights in %s", out, paths["raft"])
     return 0
