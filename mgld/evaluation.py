@@ -150,6 +150,7 @@ class EvalSettings:
     batch_size: int = 8  # frames per batch for the network metrics
     flow: str = "auto"  # E_warp flow: auto (RAFT if cached, else DIS), raft, dis
     flow_from: str = "pred"  # frames the E_warp flow is estimated on: pred or gt
+    raft_weights: str | None = None  # RAFT file for E_warp; None: torch hub cache, then mgld's raft-things.pth
 
 
 @dataclass
@@ -191,7 +192,7 @@ def build_metrics(settings: EvalSettings, have_gt: bool) -> tuple[dict[str, Call
             if M.METRICS[name].kind == "temporal":
                 built[name], notes[name] = M.build_temporal_metric(
                     name, device=device, flow=settings.flow, flow_from=settings.flow_from,
-                    batch_size=settings.batch_size)
+                    batch_size=settings.batch_size, raft_weights=settings.raft_weights)
             else:
                 built[name] = M.build_frame_metric(name, device=device, batch_size=settings.batch_size,
                                                    crop_border=settings.crop_border, y_channel=settings.y_channel)

@@ -220,28 +220,41 @@ def flicker(pred: np.ndarray, gt: np.ndarray) -> list[float]:
     return np.abs(dp - dg).reshape(len(dp), -1).mean(axis=1).tolist()
 
 
-def build_flow(method: Literal["auto", "raft", "dis"] = "auto", device="cpu") -> tuple[Callable, str]:
-    """A flow estimator for E_warp and a description of it; ``auto`` = RAFT if cached, else DIS."""
-    if method in ("auto", "raft"):
-        try:
-            with offline_weights():
-                return (mflow.build_flow_estimator("raft", device=device, raft_input_range="symmetric"),
-                        "raft (torchvision raft_large, C_T_V1)")
-        except (FileNotFoundError, WeightsUnavailable) as err:
-            if method == "raft":
-                raise WeightsUnavailable(f"RAFT weights not found: {err}") from err
-            reason = str(err).split(". ")[0]  # the first sentence names the missing file
-            return mflow.build_flow_estimator("dis"), f"dis (OpenCV DIS medium; RAFT unavailable: {reason})"
-    if method == "dis":
-        return mflow.build_flow_estimator("dis"), "dis (OpenCV DIS medium)"
-    raise ValueError(f"unknown flow method {method!r}; expected auto, raft or dis")
+def _raft_candidates(weights: str | Path | None) -> list[str | Path | None]:
+    """Explicit path; else torchvision's file in torch hub's cache, then mgld's raft-things.pth."""
+    if weights is not None:
+        return [weights]
+    from mgld.hub import OFFICIAL_FILES, default_official_dir
+
+    official = default_official_dir() / OFFICIAL_FILES["raft"]
+    return [None, official] if official.is_file() else [None]
+
+
+def build_flow(method: Literal["auto", "raft", "dis"] = "auto", device="cpu",
+               raft_weights: str | Path | None = None) -> tuple[Callable, str]:
+    """A flow estimator for E_warp and a description of it; ``auto`` = RAFT if its weights are local, else DIS."""
+    if method not in ("auto", "raft", "dis"):
+        raise ValueError(f"unknown flow method {method!r}; expected auto, raft or dis")
+    reason = "not requested"
+    if method != "dis":
+        for weights in _raft_candidates(raft_weights):
+            try:
+                with offline_weights():
+                    estimator = mflow.build_flow_estimator("raft", weights, device, raft_input_range="symmetric")
+                return estimator, f"raft (torchvision raft_large, weights {weights or 'C_T_V1 from torch hub cache'})"
+            except (FileNotFoundError, WeightsUnavailable) as err:
+                reason = str(err).split(". ")[0]  # the first sentence names the missing file
+        if method == "raft":
+            raise WeightsUnavailable(f"RAFT weights not found: {reason}")
+        return mflow.build_flow_estimator("dis"), f"dis (OpenCV DIS medium; RAFT unavailable: {reason})"
+    return mflow.build_flow_estimator("dis"), "dis (OpenCV DIS medium)"
 
 
 def build_temporal_metric(name: str, *, device="cpu", flow: str = "auto", flow_from: str = "pred",
-                          batch_size: int = 8) -> tuple[TemporalMetric, str]:
+                          batch_size: int = 8, raft_weights: str | Path | None = None) -> tuple[TemporalMetric, str]:
     """A per-pair temporal metric by name and a note for the report (the flow used, for ewarp)."""
     if name == "ewarp":
-        estimator, note = build_flow(flow, device)
+        estimator, note = build_flow(flow, device, raft_weights)
 
         def ewarp(pred, gt):
             guide = gt if flow_from == "gt" else None
@@ -272,5 +285,6 @@ def weights_help() -> dict[str, str]:
         "dists": f"pyiqa DISTS + torchvision vgg16 in {hub / 'pyiqa'} and {hub / 'checkpoints'}",
         "brisque": f"pyiqa brisque_svm_weights.pth in {hub / 'pyiqa'}",
         "musiq": f"pyiqa MUSIQ (KonIQ) in {hub / 'pyiqa'}",
-        "ewarp": f"torchvision raft_large C_T_V1 in {hub / 'checkpoints'} (else DIS)",
+        "ewarp": f"torchvision raft_large C_T_V1 in {hub / 'checkpoints'} or raft-things.pth in mgld's "
+                 "official weights folder (scripts/download_weights.py); else OpenCV DIS",
     }

@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--flow", choices=("auto", "raft", "dis"), default="auto",
                         help="optical flow for E*warp: auto = RAFT when its weights are cached, else OpenCV DIS "
                              "(default: %(default)s)")
+    parser.add_argument("--raft-weights", metavar="FILE", help="RAFT weights for E*warp (torchvision raft_large "
+                        "or raft-things.pth); default: torch hub cache, then mgld's official folder")
     parser.add_argument("--warp-flow-from", choices=("pred", "gt"), default="pred",
                         help="frames the E*warp flow and occlusion masks are estimated on (default: %(default)s)")
     parser.add_argument("--profile-row", type=int, metavar="N", help="write temporal profiles (x-t slices) of "
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = EvalSettings(
         metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()), crop_border=args.crop_border,
         y_channel=args.y_channel, device=args.device, batch_size=args.batch_size, flow=args.flow,
-        flow_from=args.warp_flow_from)
+        flow_from=args.warp_flow_from, raft_weights=args.raft_weights)
     try:
         report = evaluate(preds, args.gt, settings, progress=not args.quiet)
     except (ValueError, OSError) as err:
