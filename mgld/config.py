@@ -102,10 +102,104 @@ def validate_model_config(cfg: ModelConfig) -> None:
 
 
 @dataclass
+class SamplingConfig:
+    """Motion-guided DDPM sampling (spec §5.6-5.7)."""
+
+    steps: int = 50
+    guidance_scale: float = 10.0
+    guidance_variant: str = "reference"
+    tile_size: int = 64
+    tile_overlap: int = 32
+    tile_batch: int = 1
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        _choice("sampling.guidance_variant", self.guidance_variant, ("reference", "corrected"))
+        if self.steps < 1 or self.tile_batch < 1:
+            raise ValueError("sampling.steps and sampling.tile_batch must be >= 1")
+
+
+@dataclass
+class FlowConfig:
+    """Optical flow on the LR frames and the occlusion check (spec §5.3-5.4)."""
+
+    method: str = "raft"
+    weights: str | None = None
+    raft_iters: int = 10
+    raft_input_range: str = "unit"
+    occlusion_alpha: float = 0.01
+    occlusion_beta: float = 0.5
+
+    def __post_init__(self) -> None:
+        _choice("flow.method", self.method, ("raft", "spynet", "dis"))
+        _choice("flow.raft_input_range", self.raft_input_range, ("unit", "symmetric"))
+
+
+@dataclass
+class DecodeConfig:
+    """Temporal-VAE encoding/decoding in pixel tiles, and the colour fix (spec §5.5, §5.8)."""
+
+    dec_w: float = 1.0
+    tile_size: int = 960
+    tile_overlap: int = 192
+    color_fix: str = "adain"
+
+    def __post_init__(self) -> None:
+        _choice("decode.color_fix", self.color_fix, ("adain", "wavelet", "none"))
+        if self.tile_size % 8 or self.tile_overlap % 8 or not 0 <= self.tile_overlap < self.tile_size:
+            raise ValueError("decode.tile_size and decode.tile_overlap must be multiples of 8, overlap < size")
+
+
+@dataclass
+class ChunkConfig:
+    """How a long video is cut into clips the temporal layers see together."""
+
+    frames: int = 5
+    overlap: int = 0
+    anchor_strength: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.frames < 1 or not 0 <= self.overlap < self.frames:
+            raise ValueError(f"need chunk.frames >= 1 and 0 <= chunk.overlap < chunk.frames, got {self}")
+        if not 0.0 <= self.anchor_strength <= 1.0:
+            raise ValueError("chunk.anchor_strength must be in [0, 1]")
+
+
+@dataclass
+class InferConfig:
+    """Where the weights come from and how the run uses the hardware."""
+
+    weights: str | None = None
+    unet: str | None = None
+    vae: str | None = None
+    random_weights: bool = False
+    scale: int = 4
+    min_short_side: int = 512
+    device: str = "auto"
+    devices: int = 1
+    precision: str = "auto"
+    crf: int = 18
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        _choice("infer.precision", self.precision, ("auto", "fp32", "fp16", "bf16"))
+
+
+@dataclass
 class Config:
-    """Top-level config file: ``model`` (networks); later sections configure inference and training."""
+    """A config file: ``model`` (networks) and the inference sections."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    chunk: ChunkConfig = field(default_factory=ChunkConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> Any:

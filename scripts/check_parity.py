@@ -16,14 +16,15 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from mgld.parity import CHECKS, DEFAULT_TOLERANCE, format_table, run_checks
+from mgld.parity import CHECKS, DEFAULT_TOLERANCE, checked_files, format_table, run_checks
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("fixture_dir", type=Path, help="folder with config.json and the fixture files")
     parser.add_argument("--only", default=None,
-                        help="comma-separated fixture files to check (default: every known file present)")
+                        help="comma-separated checks to run, e.g. unet.pt,guidance.pt:p_sample_canvas "
+                             "(default: every check whose fixture files are present)")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                         help="largest accepted relative error (default: %(default)g)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(results, args.tolerance))
     unchecked = sorted(
         p.name for p in args.fixture_dir.iterdir()
-        if p.suffix in (".pt", ".json") and p.name != "config.json" and p.name not in results
+        if p.suffix in (".pt", ".json") and p.name != "config.json" and p.name not in checked_files(results)
     )
     if unchecked and not only:
         print(f"\nnot checked (no check registered): {', '.join(unchecked)}")

@@ -45,15 +45,18 @@ def compare(name: str, out, ref) -> ParityRow:
 
 
 CheckFn = Callable[[Path, dict], list[ParityRow]]
-# fixture file name -> check function; filled in by the submodules imported at the end of this file
-CHECKS: dict[str, CheckFn] = {}
+# check name -> (check function, fixture files it needs); filled in by the modules of :func:`_import_checks`
+CHECKS: dict[str, tuple[CheckFn, tuple[str, ...]]] = {}
 
 
-def register(fixture_name: str) -> Callable[[CheckFn], CheckFn]:
-    """Decorator registering a check for the fixture file ``fixture_name``."""
+def register(name: str, needs: tuple[str, ...] = ()) -> Callable[[CheckFn], CheckFn]:
+    """Decorator registering a check. ``name`` is its fixture file, or ``"<file>:<part>"`` for a check of
+    part of a file; ``needs`` lists further fixture files it reads (from the same folder). The function
+    gets the path of the named file and the folder's ``config.json``."""
+    first = name.split(":")[0]
 
     def wrap(fn: CheckFn) -> CheckFn:
-        CHECKS[fixture_name] = fn
+        CHECKS[name] = (fn, (first, *needs))
         return fn
 
     return wrap
@@ -70,8 +73,8 @@ def load_fixture(path: Path) -> dict:
 def run_checks(fixture_dir: str | Path, only: list[str] | None = None) -> dict[str, list[ParityRow]]:
     """Run every registered check whose fixture file exists in ``fixture_dir``.
 
-    Returns ``{fixture file name: rows}``. Raises ``FileNotFoundError`` when the folder or its
-    ``config.json`` is missing, or when ``only`` names a fixture that is not there.
+    Returns ``{check name: rows}``. Raises ``FileNotFoundError`` when the folder or its ``config.json`` is
+    missing, or when ``only`` names a check whose fixture files are not there.
     """
     _import_checks()
     fixture_dir = Path(fixture_dir)
@@ -84,14 +87,20 @@ def run_checks(fixture_dir: str | Path, only: list[str] | None = None) -> dict[s
     for name in names:
         if name not in CHECKS:
             raise KeyError(f"no parity check is registered for {name!r}; known: {sorted(CHECKS)}")
-        path = fixture_dir / name
-        if not path.exists():
+        fn, files = CHECKS[name]
+        missing = [f for f in files if not (fixture_dir / f).exists()]
+        if missing:
             if only:
-                raise FileNotFoundError(f"{path}: fixture not found")
+                raise FileNotFoundError(f"{fixture_dir}: fixture files not found: {missing}")
             continue
         torch.manual_seed(0)
-        results[name] = CHECKS[name](path, config)
+        results[name] = fn(fixture_dir / files[0], config)
     return results
+
+
+def checked_files(names) -> set[str]:
+    """The fixture files read by the checks ``names``."""
+    return {f for name in names for f in CHECKS[name][1]}
 
 
 def format_table(results: dict[str, list[ParityRow]], tolerance: float = DEFAULT_TOLERANCE) -> str:

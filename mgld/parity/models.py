@@ -104,3 +104,41 @@ def check_vae(path: Path, config: dict) -> list[ParityRow]:
         compare("decoded", decoded, outputs["decoded"]),
     ]
     return rows
+
+
+@register("guidance.pt:p_sample_canvas", needs=("unet.pt",))
+@torch.no_grad()
+def check_sampling_steps(path: Path, config: dict) -> list[ParityRow]:
+    """Complete sampling steps (tiled ε̂, DDPM step, guided update) with the ``unet.pt`` weights."""
+    from mgld.sampling import MotionGuidance, sampling_step
+    from mgld.schedule import respaced_schedule
+
+    fixture = load_fixture(path)
+    canvas, inputs = fixture["p_sample_canvas"], fixture["inputs"]
+    common = canvas["common_inputs"]
+    cfg = authors_model_config(config)
+    unet_fixture = load_fixture(path.parent / "unet.pt")
+    denoiser = build_denoiser(cfg).eval()
+    context = common["cond(context)"]
+    load_into(denoiser, official_denoiser_state_dict(unet_fixture["state_dict"], cfg, context), str(path))
+    steps = int(config.get("ddpm_steps", 50))
+    schedule = respaced_schedule(steps)
+    z_lr = common["init_latent(struct_cond)"]
+    rows = [compare("x_T", schedule.initial_latents(z_lr, noise=common["noise_for_x_T"]), common["x_T"])]
+    guidance = MotionGuidance((inputs["flow_f"], inputs["flow_b"]), (inputs["fwd_occs"], inputs["bwd_occs"]),
+                              scale=-float(inputs["guidance_scale"]), variant="reference")
+    for step in canvas["steps"]:
+        k = int(step["i"])
+        if schedule.timestep(k) != int(step["t_replace"]):
+            raise ValueError(f"step {k}: timestep {schedule.timestep(k)} vs fixture {int(step['t_replace'])}")
+        out = sampling_step(denoiser, schedule, step["x"], k, z_lr, cfg.num_frames, step["noise"],
+                            guidance=guidance, tile_size=int(common["tile_size"]),
+                            tile_overlap=int(common["tile_overlap"]))
+        rows += [
+            compare(f"step{k}.pred_x0", out.pred_x0, step["pred_x0"]),
+            compare(f"step{k}.model_mean", out.mean, step["model_mean"]),
+            compare(f"step{k}.before_guidance", out.before_guidance, step["latents_before_guidance"]),
+            compare(f"step{k}.guidance_loss", out.guidance_loss, step["guidance_loss"]),
+            compare(f"step{k}.latents_out", out.latents, step["latents_out"]),
+        ]
+    return rows

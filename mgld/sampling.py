@@ -1,0 +1,192 @@
+"""Motion-guided DDPM sampling of one clip (spec §5.6-5.7).
+
+For k = N-1 … 0 (respaced steps; the networks see the original timestep ``S[k]``):
+
+1. predict the noise over the latent in overlapping tiles, each tile running the time-aware encoder on
+   the clean LR latent crop and the UNet on the noisy crop, stitched with the authors' Gaussian window;
+2. one DDPM ancestral step (x̂0, posterior mean, + noise for k > 0);
+3. the motion-guided update ``z ← z − s·|log σ̃²_k|·∇L(z)`` with ``L`` the masked bidirectional latent
+   warping loss (:mod:`mgld.guidance`);
+4. optionally pull the first frames toward the previous overlapping chunk's trajectory (:class:`Anchor`).
+
+Randomness is drawn per frame (:class:`FrameNoise`): the noise of frame ``i`` depends only on the seed and
+``i``, so results do not depend on how a video is cut into chunks, on resuming, or on the device count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mgld.guidance import guidance_step
+from mgld.schedule import RespacedSchedule
+from mgld.tiling import blend_tiles, tile_boxes
+
+
+class FrameNoise:
+    """Standard-normal noise with one random stream per frame: stream ``i`` is seeded by ``(seed, i)``.
+
+    Each :meth:`draw` returns the next sample of every requested frame, ``t c h w``; frames drawn in two
+    chunks (overlap) or in two runs (resume) get the same values at the same draw.
+    """
+
+    def __init__(self, seed: int, frame_indices: list[int], shape: tuple[int, ...]):
+        self.shape = tuple(shape)
+        self._generators = [torch.Generator().manual_seed(_mix(seed, i)) for i in frame_indices]
+
+    def draw(self, device=None, dtype=torch.float32) -> Tensor:
+        """``t *shape`` noise, generated on the CPU (identical on every device) then moved."""
+        noise = torch.stack([torch.randn(self.shape, generator=g) for g in self._generators])
+        return noise.to(device=device, dtype=dtype)
+
+
+def _mix(seed: int, index: int) -> int:
+    """A 63-bit seed for frame ``index`` (splitmix64 of the pair)."""
+    z = (seed * 0x9E3779B97F4A7C15 + index + 1) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) & 0x7FFFFFFFFFFFFFFF
+
+
+@dataclass
+class MotionGuidance:
+    """What the guided update needs for one clip, computed once per clip (not per step).
+
+    flows ``(flow_f, flow_b)``: ``1 (t-1) 2 h w`` and masks ``(fwd_occ, bwd_occ)``: ``1 (t-1) 1 h w`` on the
+    latent grid (:func:`mgld.flow.flows_and_masks`).
+    """
+
+    flows: tuple[Tensor, Tensor]
+    masks: tuple[Tensor, Tensor]
+    scale: float = 10.0
+    variant: str = "reference"
+
+
+@dataclass
+class Anchor:
+    """Pull the first ``len(frames)`` frames of a clip toward another clip's trajectory of the same frames.
+
+    ``trajectory[k]``: ``o 4 h w`` latents of the overlapping frames after step ``k`` of the previous chunk;
+    after each step ``z_a ← (1 − strength)·z_a + strength·trajectory[k]`` (a gradient step on
+    ``½·strength·‖z_a − trajectory‖²``; strength 1 copies the previous chunk).
+    """
+
+    trajectory: dict[int, Tensor]
+    strength: float = 0.5
+
+    @property
+    def num_frames(self) -> int:
+        return next(iter(self.trajectory.values())).shape[0]
+
+    def pull(self, x: Tensor, k: int) -> Tensor:
+        o = self.num_frames
+        target = self.trajectory[k].to(device=x.device, dtype=x.dtype)
+        return torch.cat([torch.lerp(x[:o], target, self.strength), x[o:]])
+
+
+@dataclass
+class StepResult:
+    """Everything one sampling step computed; latents are ``t 4 h w``."""
+
+    latents: Tensor
+    mean: Tensor
+    pred_x0: Tensor
+    before_guidance: Tensor
+    guidance_loss: Tensor | None
+
+
+def predict_noise(
+    denoiser: Callable,
+    x: Tensor,
+    timestep: int,
+    z_lr: Tensor,
+    num_frames: int,
+    tile_size: int = 64,
+    tile_overlap: int = 32,
+    tile_batch: int = 1,
+) -> Tensor:
+    """ε̂ over the whole latent from overlapping tiles (spec §5.6a-b); ``tile_batch`` tiles per network call.
+
+    x, z_lr: ``t 4 h w`` (one clip) -> ``t 4 h w``.
+    """
+    boxes = tile_boxes(x.shape[-2], x.shape[-1], tile_size, tile_overlap)
+    t = torch.tensor([timestep], device=x.device)
+
+    def tiles():
+        for start in range(0, len(boxes), tile_batch):
+            group = boxes[start:start + tile_batch]
+            if len({(b.height, b.width) for b in group}) > 1:  # edge tiles of unequal size: one at a time
+                for box in group:
+                    yield box, denoiser(box.crop(x), t, box.crop(z_lr), num_frames)
+                continue
+            eps = denoiser(torch.cat([b.crop(x) for b in group]), t, torch.cat([b.crop(z_lr) for b in group]),
+                           num_frames)
+            yield from zip(group, eps.split(x.shape[0]))
+
+    if len(boxes) == 1:
+        return denoiser(x, t, z_lr, num_frames)
+    return blend_tiles(tiles(), tuple(x.shape[-2:]))
+
+
+def sampling_step(
+    denoiser: Callable,
+    schedule: RespacedSchedule,
+    x: Tensor,
+    k: int,
+    z_lr: Tensor,
+    num_frames: int,
+    noise: Tensor | None,
+    *,
+    guidance: MotionGuidance | None = None,
+    anchor: Anchor | None = None,
+    tile_size: int = 64,
+    tile_overlap: int = 32,
+    tile_batch: int = 1,
+) -> StepResult:
+    """One respaced step ``k`` from ``x`` (``t 4 h w``); ``noise`` is ξ (ignored, may be None, at k = 0)."""
+    eps = predict_noise(denoiser, x, schedule.timestep(k), z_lr, num_frames, tile_size, tile_overlap, tile_batch)
+    out = schedule.step(eps.to(x.dtype), k, x, noise=noise if k > 0 else None)
+    latents, loss = out.prev_sample, None
+    if guidance is not None and guidance.scale != 0:
+        latents, loss = guidance_step(latents, guidance.flows, guidance.masks, guidance.scale,
+                                      schedule.log_variance(k), guidance.variant, num_frames=num_frames)
+    if anchor is not None:
+        latents = anchor.pull(latents, k)
+    return StepResult(latents, out.mean, out.pred_x0, out.prev_sample, loss)
+
+
+def sample(
+    denoiser: Callable,
+    schedule: RespacedSchedule,
+    z_lr: Tensor,
+    noise: FrameNoise,
+    *,
+    guidance: MotionGuidance | None = None,
+    anchor: Anchor | None = None,
+    record: int = 0,
+    tile_size: int = 64,
+    tile_overlap: int = 32,
+    tile_batch: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[Tensor, dict[int, Tensor]]:
+    """Sample one clip: ``x_T = √ᾱ_999·z_lr + √(1−ᾱ_999)·ε``, then every step (k = N-1 … 0).
+
+    z_lr: ``t 4 h w`` clean LR latent (scaled by 0.18215) of the ``t`` frames ``noise`` was made for.
+    Returns the final latents ``t 4 h w`` and, when ``record > 0``, the trajectory of the last ``record``
+    frames (``{k: record 4 h w}``, what the next overlapping chunk anchors to).
+    """
+    num_frames = z_lr.shape[0]
+    x = schedule.initial_latents(z_lr, noise=noise.draw(z_lr.device, z_lr.dtype))
+    trajectory = {}
+    for k in reversed(range(schedule.num_steps)):
+        xi = noise.draw(z_lr.device, z_lr.dtype) if k > 0 else None
+        x = sampling_step(denoiser, schedule, x, k, z_lr, num_frames, xi, guidance=guidance, anchor=anchor,
+                          tile_size=tile_size, tile_overlap=tile_overlap, tile_batch=tile_batch).latents
+        if record:
+            trajectory[k] = x[-record:].detach().clone()
+        if progress is not None:
+            progress(schedule.num_steps - k)
+    return x, trajectory
