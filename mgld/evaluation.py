@@ -3,7 +3,8 @@
 Layouts: a root holds one folder per sequence (REDS4 ``000/00000000.png``, UDM10, VideoLQ), or one
 more level with a single frame folder per sequence (SPMCS ``<seq>/truth/``), or the frames
 themselves (one sequence). Predicted frames are matched to GT frames by file stem; differing
-sequence sets, frame names or frame sizes are refused with a message naming the sequence.
+sequence sets, frame names or frame sizes are refused with a message naming the sequence (without
+GT, every method must have the sequences and frame names of the first one).
 
 Aggregation: a frame metric gives one value per frame, a temporal metric one per consecutive
 pair; the sequence value is the mean over its frames (pairs) and the dataset value the mean over
@@ -210,9 +211,9 @@ def evaluate(preds: dict[str, str | Path], gt: str | Path | None = None, setting
     settings = settings or EvalSettings()
     gt_seqs = list_sequences(gt) if gt is not None else None
     pred_seqs = {m: list_sequences(root) for m, root in preds.items()}
-    for method, seqs in pred_seqs.items():
-        if gt_seqs is not None:
-            match_sequences(seqs, gt_seqs, method)
+    reference = gt_seqs if gt_seqs is not None else next(iter(pred_seqs.values()))
+    for method, seqs in pred_seqs.items():  # without GT, every method must match the first one
+        match_sequences(seqs, reference, method)
     built, skipped, notes = build_metrics(settings, gt_seqs is not None)
     report = EvalReport(settings, list(preds), list(settings.metrics), skipped, notes)
     jobs = [(m, s) for m in preds for s in pred_seqs[m]]

@@ -89,6 +89,9 @@ def test_poisson_noise_variance_follows_intensity():
     assert params["type"] == "poisson"
     assert bright.var() == pytest.approx(4.0 * 227.5 / 256, rel=0.1)  # scale^2 * I / v
     assert dark.var() < 0.2 * bright.var()
+    unit = replace(cfg, poisson_on_unit_range=True)  # Real-ESRGAN's [0, 1] form: 255 x the variance
+    out, _ = deg.apply_noise([ramp], np.random.default_rng(0), unit)
+    assert (out[0] - ramp)[:, 200:].var() == pytest.approx(255 * 4.0 * 227.5 / 256, rel=0.1)
 
 
 def test_jpeg_quality_controls_error(clip):

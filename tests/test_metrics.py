@@ -134,3 +134,22 @@ def test_metrics_needing_gt_are_skipped_without_gt():
                                           False)
     assert set(built) == {"niqe", "ewarp"} and set(skipped) == {"psnr", "flicker"}
     assert "GT" in skipped["flicker"] and notes["ewarp"].startswith("flow: dis")
+
+
+class L1Distance(torch.nn.Module):
+    """Stands in for LPIPS (same call signature, one value per image pair) where its weights are absent."""
+
+    def forward(self, a, b, normalize=False):
+        return (a - b).abs().mean(dim=(1, 2, 3), keepdim=True)
+
+
+def test_lpips_and_tlpips_plumbing(monkeypatch, panned):
+    monkeypatch.setattr(M, "load_lpips", lambda net, device="cpu": L1Distance())
+    lpips = M.build_frame_metric("lpips", batch_size=4)
+    pred = (panned * 0.5).astype(np.uint8)
+    expected = np.abs(pred / 255.0 - panned / 255.0).mean(axis=(1, 2, 3))
+    assert lpips(pred, panned) == pytest.approx(expected, abs=1e-6)  # 6 frames over batches of 4
+    tlpips, _ = M.build_temporal_metric("tlpips", batch_size=4)
+    assert tlpips(panned, panned) == [0.0] * 5
+    d_pred, d_gt = (np.abs(np.diff(x / 255.0, axis=0)).mean(axis=(1, 2, 3)) for x in (pred, panned))
+    assert tlpips(pred, panned) == pytest.approx(np.abs(d_pred - d_gt), abs=1e-6)
