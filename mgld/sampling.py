@@ -188,5 +188,5 @@ def sample(
         if record:
             trajectory[k] = x[-record:].detach().clone()
         if progress is not None:
-            progress(schedule.num_steps - k)
+            progress(1)
     return x, trajectory
