@@ -1,0 +1,338 @@
+"""Input discovery, streaming readers and resumable writers (mgld.data.frames / mgld.data.video_io)."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mgld.data.frames import TEMP_SUFFIX, frames_to_tensor, read_image
+from mgld.data.video_io import (
+    FrameWriter,
+    InputError,
+    Sequence,
+    VideoWriter,
+    check_output_writable,
+    discover_sequences,
+    natural_key,
+    output_kind,
+)
+
+H, W = 24, 40
+CODEC_TOL = 5 / 255  # mean abs error of an x264 crf 18 + 4:2:0 round trip on these small smooth frames (~3.5/255)
+
+
+# --------------------------------------------------------------------------------------
+# Synthetic inputs
+# --------------------------------------------------------------------------------------
+
+
+def smooth_frame(i: int, h: int = H, w: int = W) -> np.ndarray:
+    """A smooth RGB uint8 frame that changes with ``i`` (codecs keep it well)."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    r = 128 + 90 * np.sin(x / w * np.pi + 0.3 * i)
+    g = 128 + 90 * np.cos(y / h * np.pi - 0.2 * i)
+    b = np.full_like(x, 40 + 9 * i)
+    return np.clip(np.stack([r, g, b], -1), 0, 255).astype(np.uint8)
+
+
+def save_frames(folder: Path, names: list[str], h: int = H, w: int = W) -> list[np.ndarray]:
+    folder.mkdir(parents=True, exist_ok=True)
+    frames = [smooth_frame(i, h, w) for i in range(len(names))]
+    for name, frame in zip(names, frames):
+        Image.fromarray(frame).save(folder / name)
+    return frames
+
+
+def make_video(path: Path, n: int, audio: str | None = None, rate=Fraction(25)) -> list[np.ndarray]:
+    """An H.264 video of ``smooth_frame(0..n-1)``, optionally with a 440 Hz sine audio track."""
+    frames = [smooth_frame(i) for i in range(n)]
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=rate, options={"crf": "12"})
+        video.width, video.height, video.pix_fmt = W, H, "yuv420p"
+        stream = container.add_stream(audio, rate=48000, layout="mono") if audio else None
+        for i, frame in enumerate(frames):
+            out = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            out.pts = i
+            container.mux(video.encode(out))
+        container.mux(video.encode(None))
+        if stream is not None:
+            _write_sine(container, stream, seconds=float(n / rate))
+    return frames
+
+
+def _write_sine(container, stream, seconds: float) -> None:
+    rate, size = stream.codec_context.sample_rate, 1024
+    samples = 0.3 * np.sin(2 * np.pi * 440 * np.arange(int(rate * seconds)) / rate)
+    for start in range(0, len(samples), size):
+        chunk = samples[start:start + size]
+        if stream.codec_context.format.name == "s16":
+            frame = av.AudioFrame.from_ndarray((chunk * 32767).astype(np.int16)[None], format="s16", layout="mono")
+        else:
+            frame = av.AudioFrame.from_ndarray(chunk.astype(np.float32)[None], format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = rate, start
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode(None))
+
+
+def read_video(path: Path) -> tuple[list[np.ndarray], av.VideoStream, list[str]]:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        return frames, stream, [s.type for s in container.streams]
+
+
+def mean_abs(a, b) -> float:
+    return float(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)).mean())
+
+
+# --------------------------------------------------------------------------------------
+# Discovery and reading frames
+# --------------------------------------------------------------------------------------
+
+
+def test_natural_key_orders_numbers_by_value():
+    names = ["10.png", "frame_2.png", "2.png", "1.png", "frame_10.png", "B.png", "a.png"]
+    assert sorted(names, key=natural_key) == ["1.png", "2.png", "10.png", "a.png", "B.png", "frame_2.png",
+                                              "frame_10.png"]
+
+
+def test_frame_folder_natural_order_and_values(tmp_path):
+    names = ["10.png", "9.jpg", "2.png", "1.bmp"]
+    frames = save_frames(tmp_path / "clip", names)
+    (seq,) = discover_sequences(tmp_path / "clip")
+    assert (seq.name, seq.kind, seq.height, seq.width, seq.fps, seq.has_audio) == ("clip", "frames", H, W, None, False)
+    assert seq.frame_names == ["1.png", "2.png", "9.png", "10.png"]
+    with seq.reader() as reader:
+        x = reader.read(0, 4)
+    assert x.shape == (4, 3, H, W) and x.dtype == torch.float32
+    by_name = dict(zip(names, frames))
+    assert torch.equal(x[0], torch.from_numpy(by_name["1.bmp"]).permute(2, 0, 1) / 255)  # lossless
+    assert torch.equal(x[3], torch.from_numpy(by_name["10.png"]).permute(2, 0, 1) / 255)
+    assert mean_abs(x[2].permute(1, 2, 0) * 255, by_name["9.jpg"]) < 3  # JPEG
+
+
+def test_sixteen_bit_gray_rgba_become_rgb(tmp_path):
+    rgb = smooth_frame(3)
+    gray = rgb[..., 1]
+    cv2.imwrite(str(tmp_path / "rgb8.png"), rgb[..., ::-1])
+    cv2.imwrite(str(tmp_path / "rgb16.png"), rgb[..., ::-1].astype(np.uint16) * 257)
+    cv2.imwrite(str(tmp_path / "rgb16.tif"), rgb[..., ::-1].astype(np.uint16) * 257 + 100)
+    Image.fromarray(gray).save(tmp_path / "gray8.png")
+    Image.fromarray(gray.astype(np.int32) * 257).convert("I;16").save(tmp_path / "gray16.png")
+    Image.fromarray(np.dstack([gray, np.full_like(gray, 9)]), "LA").save(tmp_path / "gray_alpha.png")
+    Image.fromarray(np.dstack([rgb, np.zeros_like(gray)]), "RGBA").save(tmp_path / "rgba.png")  # fully transparent
+
+    def load(name):
+        return frames_to_tensor([read_image(tmp_path / name)])[0]
+
+    ref = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
+    for name in ("rgb8.png", "rgb16.png", "rgb16.tif", "rgba.png"):
+        assert (load(name) - ref).abs().max() <= 1 / 255, name  # alpha dropped, not composited
+    for name in ("gray8.png", "gray16.png", "gray_alpha.png"):
+        x = load(name)
+        assert x.shape == (3, H, W)
+        assert torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])
+        assert (x[0] - torch.from_numpy(gray) / 255).abs().max() <= 1 / 255, name
+    assert read_image(tmp_path / "rgb16.png").dtype == np.uint16  # no truncation to 8 bits before scaling
+
+
+def test_folder_of_sequences(tmp_path):
+    save_frames(tmp_path / "root" / "seq10", ["0.png", "1.png"])
+    save_frames(tmp_path / "root" / "seq2", ["a.png", "b.png", "c.png"], h=16, w=16)
+    make_video(tmp_path / "root" / "seq3.mp4", 5)
+    (tmp_path / "root" / "meta_info.txt").write_text("side file, ignored")
+    seqs = discover_sequences(tmp_path / "root")
+    assert [(s.name, s.kind, len(s), s.width) for s in seqs] == [
+        ("seq2", "frames", 3, 16), ("seq3", "video", 5, W), ("seq10", "frames", 2, W)
+    ]
+
+
+def _bad_input(tmp_path: Path, case: str) -> tuple[Path, Path]:
+    """Make a bad input; return (path given to discover_sequences, path the error must name)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    if case == "missing":
+        return tmp_path / "nope", tmp_path / "nope"
+    if case == "empty":
+        return folder, folder
+    if case == "empty_sub":
+        save_frames(folder / "a", ["0.png"])
+        (folder / "b").mkdir()
+        return folder, folder / "b"
+    if case == "ambiguous":
+        save_frames(folder / "sub", ["0.png"])
+        save_frames(folder, ["0.png"])
+        return folder, folder
+    if case == "audio_only":
+        with av.open(str(folder / "sound.mkv"), "w") as container:
+            _write_sine(container, container.add_stream("pcm_s16le", rate=8000, layout="mono"), 0.2)
+        return folder / "sound.mkv", folder / "sound.mkv"
+    if case == "not_a_video":
+        (folder / "clip.mp4").write_bytes(b"\x00" * 100)
+        return folder / "clip.mp4", folder / "clip.mp4"
+    bad = {"truncated_jpg": "2.jpg", "unsupported": "2.exr"}.get(case, "2.png")
+    save_frames(folder, ["0.png", "1.png", bad if bad != "2.exr" else "2.png"])
+    if case == "unsupported":
+        (folder / bad).write_bytes(b"not supported")
+    elif case == "sizes":
+        Image.fromarray(smooth_frame(0, H, W + 2)).save(folder / bad)
+    elif case.startswith("truncated"):
+        noise = np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)  # header intact after cutting
+        Image.fromarray(noise).save(folder / bad, quality=95)
+        (folder / bad).write_bytes((folder / bad).read_bytes()[: (folder / bad).stat().st_size // 2])
+    return (folder / bad if case == "single_image" else folder), folder / bad
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "empty_sub", "ambiguous", "truncated_png", "truncated_jpg",
+                                  "sizes", "unsupported", "audio_only", "not_a_video", "single_image"])
+def test_bad_inputs_raise_naming_the_file(tmp_path, case):
+    given, named = _bad_input(tmp_path, case)
+    with pytest.raises(InputError) as err:
+        discover_sequences(given)
+    assert str(named) in str(err.value)
+
+
+def test_duplicate_output_names_rejected(tmp_path):
+    save_frames(tmp_path, ["1.png", "1.jpg"])
+    with pytest.raises(InputError, match="duplicate"):
+        discover_sequences(tmp_path)
+
+
+def test_frame_reader_chunks_with_overlap(tmp_path):
+    names = [f"{i}.png" for i in range(7)]
+    frames = save_frames(tmp_path, names)
+    (seq,) = discover_sequences(tmp_path)
+    with seq.reader() as reader:
+        chunks = [reader.read(0, 5), reader.read(3, 7)]
+        assert len(reader._cache) == 4  # only the current chunk is kept
+    assert torch.equal(chunks[0][3:], chunks[1][:2])
+    assert torch.equal(chunks[1][-1], torch.from_numpy(frames[6]).permute(2, 0, 1) / 255)
+
+
+# --------------------------------------------------------------------------------------
+# Videos in
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ext", ["mp4", "mkv"])
+def test_video_read_in_overlapping_chunks(tmp_path, ext):
+    path = tmp_path / f"clip.{ext}"
+    frames = make_video(path, 13, audio="aac", rate=Fraction(30000, 1001))
+    (seq,) = discover_sequences(path)
+    assert (seq.kind, len(seq), seq.height, seq.width, seq.has_audio) == ("video", 13, H, W, True)
+    assert seq.rate == Fraction(30000, 1001) and seq.fps == pytest.approx(29.97, abs=1e-2)
+    assert seq.frame_names[:2] == ["00000000.png", "00000001.png"]
+    with seq.reader() as reader:
+        whole = reader.read(0, 13)
+        chunks = [reader.read(s, min(s + 5, 13)) for s in range(0, 13, 3)]  # overlap 2, restarts decoding once
+        assert len(reader._cache) <= 5
+    stitched = torch.cat([chunks[0]] + [c[2:] for c in chunks[1:]])[:13]
+    assert torch.equal(stitched, whole)
+    for got, ref in zip(whole, frames):
+        assert mean_abs(got.permute(1, 2, 0) * 255, ref) < CODEC_TOL * 255
+
+
+# --------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------
+
+
+def test_output_checks(tmp_path):
+    (tmp_path / "file").write_text("x")
+    for bad in (tmp_path / "file" / "out", tmp_path / "file" / "out.mp4", tmp_path / "out.webm", tmp_path / "file"):
+        with pytest.raises(InputError) as err:
+            check_output_writable(bad)
+        assert str(bad) in str(err.value)
+    check_output_writable(tmp_path / "new" / "deeper" / "out.mp4")
+    assert not (tmp_path / "new").exists()  # checking creates nothing
+
+    video = Sequence("v", tmp_path / "v.mp4", "video", ["0.png"], H, W, 25.0, False, rate=Fraction(25))
+    frames = Sequence("f", tmp_path / "f", "frames", ["0.png"], H, W)
+    assert output_kind(tmp_path / "out.MKV", video) == "video"
+    assert output_kind(tmp_path / "out", video) == "frames"
+    assert output_kind(tmp_path / "out", [frames, frames]) == "frames"
+    for bad in (frames, [video, video]):
+        with pytest.raises(InputError):
+            output_kind(tmp_path / "out.mp4", bad)
+
+
+def test_frame_writer_atomic_and_resumable(tmp_path):
+    names = ["a.png", "b.png", "c.png"]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / f".a.png.1234{TEMP_SUFFIX}").write_bytes(b"left by an interrupted run")
+    frame = torch.from_numpy(smooth_frame(1)).permute(2, 0, 1) / 255
+    with FrameWriter(out, names) as writer:
+        assert not writer.done(0)
+        writer.write(0, frame)
+        writer.write(1, smooth_frame(2))  # uint8 h w 3 also accepted
+        assert writer.done(0) and writer.done(1) and not writer.done(2)
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]  # no temporary files left
+    assert np.array_equal(np.asarray(Image.open(out / "a.png")), smooth_frame(1))
+    assert FrameWriter(out, names).done(1)
+    assert not FrameWriter(out, names, overwrite=True).done(1)
+
+
+def _write_all(writer: VideoWriter, frames: list[np.ndarray]) -> int:
+    written = 0
+    for i, frame in enumerate(frames):
+        if not writer.done(i):
+            writer.write(i, torch.from_numpy(frame).permute(2, 0, 1) / 255)
+            written += 1
+    writer.close()
+    return written
+
+
+@pytest.mark.parametrize("audio, ext", [(None, "mp4"), ("aac", "mp4"), ("pcm_s16le", "mkv"), ("libopus", "mov")])
+def test_video_writer_rate_size_audio(tmp_path, audio, ext):
+    source = tmp_path / "source.mkv"
+    frames = make_video(source, 11, audio=audio, rate=Fraction(30000, 1001))
+    (seq,) = discover_sequences(source)
+    out = tmp_path / "sr" / f"out.{ext}"
+    writer = VideoWriter(out, seq.rate, W, H, audio_source=seq.source, segment_frames=4)
+    assert _write_all(writer, frames) == 11
+    decoded, stream, kinds = read_video(out)
+    assert len(decoded) == 11 and stream.average_rate == Fraction(30000, 1001)
+    assert (stream.codec_context.name, stream.width, stream.height) == ("h264", W, H)
+    assert kinds == (["video", "audio"] if audio else ["video"])  # opus is re-encoded to AAC for .mov
+    assert all(mean_abs(a, b) < CODEC_TOL * 255 for a, b in zip(decoded, frames))
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name]  # work folder and temporaries removed
+
+
+def test_video_writer_resumes_after_interruption(tmp_path):
+    frames = [smooth_frame(i) for i in range(10)]
+    out = tmp_path / "out.mp4"
+    first = VideoWriter(out, 25, W, H, segment_frames=4)
+    for i in range(6):  # one finished segment, one half-done; then the process "dies"
+        first.write(i, frames[i])
+    assert not out.exists()
+
+    second = VideoWriter(out, 25, W, H, segment_frames=4)
+    assert [second.done(i) for i in (0, 3, 4, 5)] == [True, True, False, False]
+    with pytest.raises(ValueError, match="in order"):
+        second.write(5, frames[5])
+    assert _write_all(second, frames) == 6
+    decoded, stream, _ = read_video(out)
+    assert len(decoded) == 10 and stream.average_rate == 25
+    assert all(mean_abs(a, b) < CODEC_TOL * 255 for a, b in zip(decoded, frames))
+    assert VideoWriter(out, 25, W, H).done(9)  # a finished output is complete
+    assert not VideoWriter(out, 25, W, H, overwrite=True).done(0)
+
+
+def test_video_writer_pads_odd_sizes(tmp_path):
+    frame = smooth_frame(0, 17, 33)
+    out = tmp_path / "odd.mkv"
+    with VideoWriter(out, 24, 33, 17) as writer:
+        writer.write(0, frame)
+        writer.write(1, frame)
+    decoded, stream, _ = read_video(out)
+    assert (stream.width, stream.height, len(decoded)) == (34, 18, 2)
+    assert mean_abs(decoded[0][:17, :33], frame) < CODEC_TOL * 255
+    assert mean_abs(decoded[0][:, 33], decoded[0][:, 32]) < 3  # edge replicated, not black
