@@ -310,18 +310,26 @@ def test_video_writer_resumes_after_interruption(tmp_path):
     frames = [smooth_frame(i) for i in range(10)]
     out = tmp_path / "out.mp4"
     first = VideoWriter(out, 25, W, H, segment_frames=4)
-    for i in range(6):  # one finished segment, one half-done; then the process "dies"
+    for i in range(6):  # one finished segment, one half-done; then the process "dies" (no close)
         first.write(i, frames[i])
     assert not out.exists()
 
-    second = VideoWriter(out, 25, W, H, segment_frames=4)
+    second = VideoWriter(out, 25, W, H, segment_frames=4, num_frames=10)
     assert [second.done(i) for i in (0, 3, 4, 5)] == [True, True, False, False]
     with pytest.raises(ValueError, match="in order"):
         second.write(5, frames[5])
-    assert _write_all(second, frames) == 6
+    for i in range(4, 9):
+        second.write(i, frames[i])
+    second.close()  # interrupted again, but closed (e.g. in a `finally:`): 9 of 10 frames, not finalised
+    assert not out.exists()
+
+    third = VideoWriter(out, 25, W, H, segment_frames=4, num_frames=10)
+    assert third.done(7) and not third.done(8)
+    assert _write_all(third, frames) == 2
     decoded, stream, _ = read_video(out)
     assert len(decoded) == 10 and stream.average_rate == 25
     assert all(mean_abs(a, b) < CODEC_TOL * 255 for a, b in zip(decoded, frames))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
     assert VideoWriter(out, 25, W, H).done(9)  # a finished output is complete
     assert not VideoWriter(out, 25, W, H, overwrite=True).done(0)
 
@@ -336,3 +344,16 @@ def test_video_writer_pads_odd_sizes(tmp_path):
     assert (stream.width, stream.height, len(decoded)) == (34, 18, 2)
     assert mean_abs(decoded[0][:17, :33], frame) < CODEC_TOL * 255
     assert mean_abs(decoded[0][:, 33], decoded[0][:, 32]) < 3  # edge replicated, not black
+
+
+def test_sample_clip_matches_its_recipe():
+    from mgld.assets import make_sample_clip as recipe
+
+    (seq,) = discover_sequences(recipe.OUT_DIR)
+    assert (len(seq), seq.width, seq.height) == (recipe.NUM_FRAMES, *recipe.LR_SIZE)
+    assert sum(p.stat().st_size for p in seq.files) < 150_000
+    skimage_data = pytest.importorskip("skimage.data")
+    with seq.reader() as reader:
+        stored = (reader.read(0, len(seq)) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    remade = np.stack(recipe.make_frames(skimage_data.astronaut()))
+    assert np.abs(stored.astype(int) - remade).max() <= 1  # same recipe (a different libjpeg may round differently)
