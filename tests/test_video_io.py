@@ -177,17 +177,19 @@ def _bad_input(tmp_path: Path, case: str) -> tuple[Path, Path]:
     if case == "not_a_video":
         (folder / "clip.mp4").write_bytes(b"\x00" * 100)
         return folder / "clip.mp4", folder / "clip.mp4"
-    bad = {"truncated_jpg": "2.jpg", "unsupported": "2.exr"}.get(case, "2.png")
-    save_frames(folder, ["0.png", "1.png", bad if bad != "2.exr" else "2.png"])
+    save_frames(folder, ["0.png", "1.png"])
+    bad = folder / {"truncated_jpg": "2.jpg", "unsupported": "2.exr"}.get(case, "2.png")
     if case == "unsupported":
-        (folder / bad).write_bytes(b"not supported")
+        bad.write_bytes(b"not supported")
     elif case == "sizes":
-        Image.fromarray(smooth_frame(0, H, W + 2)).save(folder / bad)
+        Image.fromarray(smooth_frame(2, H, W + 2)).save(bad)
     elif case.startswith("truncated"):
         noise = np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)  # header intact after cutting
-        Image.fromarray(noise).save(folder / bad, quality=95)
-        (folder / bad).write_bytes((folder / bad).read_bytes()[: (folder / bad).stat().st_size // 2])
-    return (folder / bad if case == "single_image" else folder), folder / bad
+        Image.fromarray(noise).save(bad, quality=95)
+        bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    else:  # single_image
+        Image.fromarray(smooth_frame(2)).save(bad)
+    return (bad if case == "single_image" else folder), bad
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "empty_sub", "ambiguous", "truncated_png", "truncated_jpg",
@@ -237,6 +239,22 @@ def test_video_read_in_overlapping_chunks(tmp_path, ext):
     assert torch.equal(stitched, whole)
     for got, ref in zip(whole, frames):
         assert mean_abs(got.permute(1, 2, 0) * 255, ref) < CODEC_TOL * 255
+
+
+def test_ten_bit_video_reads_at_sixteen_bits(tmp_path):
+    ramp = (np.linspace(0, 65535, W)[None, :, None] * np.ones((H, 1, 3))).astype(np.uint16)
+    with av.open(str(tmp_path / "ten.mkv"), "w") as container:
+        stream = container.add_stream("libx264", rate=25, options={"crf": "0"})
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p10le"
+        frame = av.VideoFrame.from_ndarray(ramp, format="rgb48le")
+        frame.pts = 0
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    (seq,) = discover_sequences(tmp_path / "ten.mkv")
+    with seq.reader() as reader:
+        x = reader.read(0, 1)[0]
+        assert reader._cache[0].dtype == np.uint16  # not truncated to 8 bits
+    assert mean_abs(x.permute(1, 2, 0) * 65535, ramp) < 2 * 257  # 4:2:0 and RGB<->YUV rounding
 
 
 # --------------------------------------------------------------------------------------
@@ -332,6 +350,15 @@ def test_video_writer_resumes_after_interruption(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
     assert VideoWriter(out, 25, W, H).done(9)  # a finished output is complete
     assert not VideoWriter(out, 25, W, H, overwrite=True).done(0)
+
+
+def test_video_writer_discards_segments_made_with_other_settings(tmp_path):
+    out = tmp_path / "out.mp4"
+    first = VideoWriter(out, 25, W, H, segment_frames=2)
+    for i in range(4):
+        first.write(i, smooth_frame(i))
+    assert VideoWriter(out, 25, W, H, segment_frames=2).done(3)
+    assert not VideoWriter(out, 25, W, H, segment_frames=2, crf=30).done(0)  # would mix encodings: start over
 
 
 def test_video_writer_pads_odd_sizes(tmp_path):
