@@ -1,0 +1,93 @@
+"""Stage-2 training clips: GT frames, their LQ frames and the stage-1 latents sampled from them (spec §6.3).
+
+Three parallel folders of sequences with the same frame names::
+
+    gt_root/<seq>/<frame>.png        GT frames (H x W)
+    lq_root/<seq>/<frame>.png        degraded LQ frames (H/s x W/s), as scripts/generate_latents.py writes them
+    latent_root/<seq>/<frame>.npy    stage-1 latents, 4 x H/8 x W/8 float, in diffusion space (x 0.18215)
+
+A clip is one generated segment: ``num_frames`` consecutive frames starting at a multiple of ``num_frames`` (the
+authors' ``load_fix_indices_only``), since the stage-1 sampler produced each segment's latents together. As in
+the authors' ``REDSAutoencoderDataset`` there is no crop and no flip (the latents fix the geometry).
+Missing LQ or latent files are reported when the dataset is built, naming the first missing files.
+
+Items are ``{"gt": t 3 H W, "lq": t 3 h w, "latent": t 4 H/8 W/8, "key"}``, images float32 in [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mgld.data.reds import REDS4, list_sequences, read_clip, to_tensor
+
+LATENT_SUFFIX = ".npy"
+
+
+def read_latent(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A ``c h w`` float32 latent from an ``.npy`` file; ``OSError`` naming the file if unreadable, ``ValueError``
+    if its grid is not ``size = (h, w)``."""
+    try:
+        latent = np.load(path, allow_pickle=False)
+    except Exception as err:
+        raise OSError(f"cannot read latent {path} ({type(err).__name__}: {err})") from err
+    if latent.ndim != 3 or (size is not None and tuple(latent.shape[1:]) != tuple(size)):
+        raise ValueError(f"{path}: latent of shape {latent.shape} does not fit (expected c x {size[0]} x {size[1]})")
+    return latent.astype(np.float32, copy=False)
+
+
+class Stage2ClipDataset(Dataset):
+    """(GT clip, LQ clip, stage-1 latents) per generated segment (module docstring)."""
+
+    def __init__(
+        self,
+        gt_root: str | Path,
+        lq_root: str | Path,
+        latent_root: str | Path,
+        num_frames: int = 5,
+        exclude: Sequence[str] = REDS4,
+    ):
+        self.num_frames = num_frames
+        self.lq_root, self.latent_root = Path(lq_root), Path(latent_root)
+        for root in (self.lq_root, self.latent_root):
+            if not root.is_dir():
+                raise FileNotFoundError(f"stage-2 data folder not found: {root}")
+        self.sequences = list_sequences(gt_root, exclude, min_frames=num_frames)
+        self.segments = [
+            (name, start)
+            for name, frames in self.sequences.items()
+            for start in range(0, len(frames) - num_frames + 1, num_frames)
+        ]
+        missing = [str(p) for name, frames in self.sequences.items() for f in frames for p in self._pair(name, f)
+                   if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} LQ/latent files are missing for the GT frames of {gt_root}, e.g. {missing[:5]} "
+                "(run scripts/generate_latents.py over the GT folder first)"
+            )
+
+    def _pair(self, name: str, frame: Path) -> tuple[Path, Path]:
+        return self.lq_root / name / f"{frame.stem}.png", self.latent_root / name / f"{frame.stem}{LATENT_SUFFIX}"
+
+    def __len__(self) -> int:
+        return len(self.segments)
+
+    def __getitem__(self, index: int) -> dict:
+        name, start = self.segments[index]
+        paths = self.sequences[name][start : start + self.num_frames]
+        gt = read_clip(paths)
+        lq = read_clip([self._pair(name, p)[0] for p in paths])
+        h, w = gt.shape[1:3]
+        if h % 8 or w % 8 or h % lq.shape[1] or w % lq.shape[2]:
+            raise ValueError(f"{name}/{paths[0].stem}: GT {h}x{w} is not a multiple of 8 and of the LQ size "
+                             f"{lq.shape[1]}x{lq.shape[2]}")
+        latent = np.stack([read_latent(self._pair(name, p)[1], (h // 8, w // 8)) for p in paths])
+        return {"gt": to_tensor(gt), "lq": to_tensor(lq), "latent": torch.from_numpy(latent),
+                "key": f"{name}/{paths[0].stem}"}
+
+
+__all__ = ["LATENT_SUFFIX", "Stage2ClipDataset", "read_latent"]
