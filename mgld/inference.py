@@ -137,6 +137,7 @@ def run(
 
     input_path, output_path = Path(input_path), Path(output_path)
     sequences = discover_sequences(input_path)  # validates the input before any heavy work
+    kind = output_kind(output_path, sequences)
     check_output_writable(output_path)
     rank, world = _launch(cfg.infer.devices)
     if pipe is None:
@@ -151,7 +152,6 @@ def run(
     total = RunSummary()
     for sequence in tqdm(mine, desc="sequences", unit="seq", disable=not progress or len(mine) < 2):
         chunks = plan_chunks(len(sequence.frame_names), cfg.chunk.frames, cfg.chunk.overlap)
-        kind = output_kind(output_path, sequence)
         if world > 1 and len(sequences) == 1:
             if kind == "video" or cfg.chunk.overlap:
                 if rank > 0:
@@ -161,11 +161,8 @@ def run(
         target = output_path if sequence.source == input_path else output_path / sequence.name
         log.info("%s: %d frames %dx%d -> %s (%s)", sequence.name, len(sequence.frame_names), sequence.width,
                  sequence.height, target, kind)
-        writer = _writer(cfg, sequence, target, kind)
-        try:
+        with _writer(cfg, sequence, target, kind) as writer:  # an exception keeps finished parts for a resume
             summary = process_sequence(pipe, sequence, writer, chunks, progress)
-        finally:
-            writer.close()
         total.sequences += 1
         total.frames_written += summary.frames_written
         total.frames_skipped += summary.frames_skipped
@@ -179,7 +176,7 @@ def _writer(cfg: Config, sequence, target: Path, kind: str):
         scale = cfg.infer.scale
         return VideoWriter(target, sequence.rate, sequence.width * scale, sequence.height * scale,
                            crf=cfg.infer.crf, audio_source=sequence.source if sequence.has_audio else None,
-                           overwrite=cfg.infer.overwrite)
+                           overwrite=cfg.infer.overwrite, num_frames=len(sequence.frame_names))
     return FrameWriter(target, sequence.frame_names, overwrite=cfg.infer.overwrite)
 
 
