@@ -1,0 +1,229 @@
+"""Training configuration: dataclass schemas of ``configs/stage1.yaml`` and ``configs/stage2.yaml`` (spec §6).
+
+Both schemas reuse :class:`mgld.config.ModelConfig` for the networks and are loaded with
+:func:`mgld.config.load_config` (``_base_`` includes and ``key=value`` overrides, every key type-checked).
+:func:`load_train_config` picks the schema from the file's ``stage`` key (1 or 2).
+
+What the YAML holds: the experiment (model, data, losses, the stage's switches, optimiser); where and how it runs
+(``trainer``: devices, precision, checkpoint cadence) is also here so a run folder's ``config.yaml`` says
+everything, and any key can be overridden on the command line (``trainer.devices=4``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mgld.config import (
+    ChunkConfig,
+    DecodeConfig,
+    FlowConfig,
+    InferConfig,
+    ModelConfig,
+    SamplingConfig,
+    _read_yaml,
+    load_config,
+)
+from mgld.data.degradations import DegradationConfig
+from mgld.data.reds import REDS4
+
+
+def _reds4() -> list[str]:
+    return list(REDS4)
+
+
+@dataclass
+class USMConfig:
+    """Unsharp masking of the GT (spec §6.1)."""
+
+    enabled: bool = True
+    weight: float = 0.5
+    radius: int = 51
+    threshold: float = 10.0
+
+
+@dataclass
+class Stage1DataConfig:
+    """REDS-style clips degraded on the fly (:class:`mgld.data.reds.REDSClipDataset`)."""
+
+    root: str = "data/REDS/train_sharp"
+    exclude: list[str] = field(default_factory=_reds4)
+    interval: int = 1
+    crop_size: int = 512
+    use_flip: bool = True
+    usm: USMConfig = field(default_factory=USMConfig)
+    degrade: bool = True  # False: clean bicubic LQ instead of the RealBasicVSR degradation
+    degradation: DegradationConfig = field(default_factory=DegradationConfig)
+    scale: int = 4
+    batch_size: int = 1
+    num_workers: int = 6
+    seed: int | None = None  # fixes every item's randomness (item i is always the same clip)
+
+
+@dataclass
+class Stage2DataConfig:
+    """GT clips + the LQ frames and stage-1 latents written by ``scripts/generate_latents.py``."""
+
+    root: str = "data/REDS/train_sharp_sub"
+    generated_root: str = "data/REDS/stage1_generated"  # holds lq/ and latents/
+    exclude: list[str] = field(default_factory=_reds4)
+    batch_size: int = 1
+    num_workers: int = 6
+
+
+@dataclass
+class InitConfig:
+    """Where the weights come from. ``sd_checkpoint`` None: random frozen weights (tiny smoke runs only)."""
+
+    sd_checkpoint: str | None = None  # SD 2.1-base: LDM .ckpt (v2-1_512-ema-pruned.ckpt) or diffusers folder
+    weights: str | None = None  # converted mgld folder whose trained parts start the run (fine-tuning)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-5
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.01
+    accumulate_grad_batches: int = 4
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning ``Trainer`` settings and run logistics."""
+
+    max_steps: int = 800_000
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    checkpoint_every_n_steps: int = 3000
+    log_every_n_steps: int = 50
+    image_every_n_steps: int = 1000
+    seed: int = 0
+
+
+@dataclass
+class Stage1Options:
+    """Stage-1 switches; the ``reference`` values reproduce the authors' run (spec §9.6-9.8)."""
+
+    timesteps: Literal["clip", "frame"] = "clip"  # reference: "frame" (one timestep per frame)
+    train_temporal_norm: bool = True  # reference: False (the LayerNorm stayed frozen)
+    mid_from_sd: bool = True  # reference: False (shifted middle-block slots left random)
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class FlowLossConfig:
+    method: Literal["spynet", "raft", "dis"] = "spynet"
+    weights: str | None = None  # None: the estimator's default file in torch hub's cache
+
+
+@dataclass
+class LossConfig:
+    """Stage-2 loss weights and options (spec §4.4)."""
+
+    l1: float = 1.0
+    lpips: float = 0.5
+    lpips_net: Literal["vgg", "alex"] = "vgg"
+    lpips_backbone: str | None = None  # torchvision ImageNet weights file; None: torch hub's cache
+    frame_difference: float = 0.5
+    consistency: float = 0.5
+    consistency_variant: Literal["intended", "reference"] = "intended"
+    sobel_weight: float = 3.0
+    flow: FlowLossConfig = field(default_factory=FlowLossConfig)
+    gan: float = 0.025
+    disc_start: int = 501
+    reduction: Literal["reference", "mean"] = "reference"
+
+
+@dataclass
+class DiscriminatorConfig:
+    base_channels: int = 64
+    num_layers: int = 3
+
+
+@dataclass
+class Stage1TrainConfig:
+    """``configs/stage1.yaml``: SFT + temporal layers + time-aware encoder on a frozen SD 2.1."""
+
+    stage: int = 1
+    output_dir: str = "runs/stage1"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    stage1: Stage1Options = field(default_factory=Stage1Options)
+    data: Stage1DataConfig = field(default_factory=Stage1DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    # Inference sections of mgld.config.Config: configs/tiny.yaml carries them, and scripts/generate_latents.py
+    # samples the stage-1 latents with them. Training itself does not read them.
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    chunk: ChunkConfig = field(default_factory=ChunkConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+
+
+def _stage2_optim() -> OptimConfig:
+    return OptimConfig(lr=5e-5, betas=[0.5, 0.9], weight_decay=0.0, accumulate_grad_batches=8)
+
+
+def _stage2_trainer() -> TrainerConfig:
+    return TrainerConfig(checkpoint_every_n_steps=1500)
+
+
+@dataclass
+class Stage2TrainConfig:
+    """``configs/stage2.yaml``: decoder temporal convs + CFW + PatchGAN on a frozen SD VAE."""
+
+    stage: int = 2
+    output_dir: str = "runs/stage2"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    fusion_w: float = 1.0
+    data: Stage2DataConfig = field(default_factory=Stage2DataConfig)
+    losses: LossConfig = field(default_factory=LossConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    optim: OptimConfig = field(default_factory=_stage2_optim)
+    trainer: TrainerConfig = field(default_factory=_stage2_trainer)
+    # Inference sections of mgld.config.Config: configs/tiny.yaml carries them, and scripts/generate_latents.py
+    # samples the stage-1 latents with them. Training itself does not read them.
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    chunk: ChunkConfig = field(default_factory=ChunkConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+
+
+TrainConfig = Stage1TrainConfig | Stage2TrainConfig
+SCHEMAS = {1: Stage1TrainConfig, 2: Stage2TrainConfig}
+
+
+def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """A training config; the schema is chosen by the ``stage`` key of the file (after its ``_base_`` files)."""
+    stage = _read_yaml(Path(path)).get("stage")
+    if stage not in SCHEMAS:
+        raise ValueError(f"{path}: 'stage' must be 1 or 2 (got {stage!r})")
+    cfg = load_config(path, overrides, schema=SCHEMAS[stage])
+    if cfg.stage != stage:
+        raise ValueError(f"the 'stage' key cannot be overridden ({stage} in {path}, {cfg.stage} given)")
+    return cfg
+
+
+__all__ = [
+    "DiscriminatorConfig",
+    "FlowLossConfig",
+    "InitConfig",
+    "LossConfig",
+    "OptimConfig",
+    "Stage1DataConfig",
+    "Stage1Options",
+    "Stage1TrainConfig",
+    "Stage2DataConfig",
+    "Stage2TrainConfig",
+    "TrainConfig",
+    "TrainerConfig",
+    "USMConfig",
+    "load_train_config",
+]

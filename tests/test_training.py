@@ -1,0 +1,339 @@
+"""Training of both stages on CPU with the tiny configs (issue 5): runs, checkpoints, resume, logging, frozen vs
+trained parameters, overfitting a fixed batch, up-front errors, full-size trainable counts (meta), the CLI.
+
+LPIPS is off in every tiny run (``losses.lpips: 0`` in configs/tiny_stage2.yaml): its VGG backbone is a
+torchvision download that is not available offline (test_losses.py checks the wrapper with a local file). The
+consistency loss uses OpenCV DIS flow (no weights) instead of SpyNet for the same reason.
+"""
+
+from __future__ import annotations
+
+import copy
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from torch.utils.data import default_collate
+
+from mgld.checkpoints import CheckpointError, load_state_dict_file
+from mgld.config import load_config
+from mgld.models import build_denoiser, build_vae
+from mgld.models.discriminator import PatchDiscriminator
+from mgld.training import Stage1System, Stage2Loss, Stage2System, build_stage1, build_stage2, train
+from mgld.training.config import load_train_config
+from mgld.training.data import write_synthetic_sequences, write_synthetic_stage2
+from mgld.training.runner import prepare_run_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+T = 5
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP threads waiting for
+    each other stall steps by seconds (measured: 0.25 s vs 3-7 s per stage-2 step)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Moving-texture clips (2 sequences x 10 frames, 32x32) with bicubic LQ frames and random latents."""
+    root = tmp_path_factory.mktemp("data")
+    clips = write_synthetic_sequences(root / "clips", num_sequences=2, num_frames=10, size=(32, 32))
+    write_synthetic_stage2(clips, root / "generated")
+    return root
+
+
+def tiny_cfg(stage: int, data: Path, out: Path, *overrides: str):
+    base = [f"data.root={data / 'clips'}", f"output_dir={out}", "trainer.checkpoint_every_n_steps=2"]
+    if stage == 2:
+        base.append(f"data.generated_root={data / 'generated'}")
+    return load_train_config(CONFIGS / f"tiny_stage{stage}.yaml", base + list(overrides))
+
+
+class CaptureStart(Callback):
+    """Records the step and the optimizer states a (resumed) run starts from."""
+
+    def on_train_start(self, trainer, pl_module):
+        self.step = trainer.global_step
+        self.states = [copy.deepcopy(opt.state_dict()) for opt in trainer.optimizers]
+
+
+def _initial_state(build, cfg) -> dict:
+    pl.seed_everything(cfg.trainer.seed, workers=True)  # as train() does before building
+    system, _ = build(cfg)
+    return {k: v.clone() for k, v in system.state_dict().items()}
+
+
+def _assert_frozen_kept_trained_changed(initial: dict, final: dict, trained_prefixes: tuple[str, ...]):
+    trained = [k for k in final if k.startswith(trained_prefixes) and "running" not in k and "num_batches" not in k]
+    assert trained, "no trained parameters in the checkpoint"
+    changed = [k for k in trained if not torch.equal(final[k], initial[k])]
+    assert len(changed) >= 0.5 * len(trained), f"only {len(changed)} of {len(trained)} trained tensors changed"
+    frozen = [k for k in final if not k.startswith(trained_prefixes)]
+    for key in frozen:
+        assert torch.equal(final[key], initial[key]), f"frozen {key} changed"
+    return frozen
+
+
+def _same_optimizer_state(a: dict, b: dict) -> bool:
+    if a["state"].keys() != b["state"].keys():
+        return False
+    return all(torch.equal(a["state"][i][k], b["state"][i][k]) for i in a["state"] for k in a["state"][i])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Stage 1
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stage1_run(data, tmp_path_factory):
+    cfg = tiny_cfg(1, data, tmp_path_factory.mktemp("runs") / "stage1", "trainer.max_steps=3")
+    initial = _initial_state(build_stage1, cfg)
+    run_dir = train(cfg, enable_progress_bar=False)
+    return cfg, run_dir, initial
+
+
+def test_stage1_trains_checkpoints_and_logs(stage1_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mgld.weights import load_denoiser
+
+    cfg, run_dir, initial = stage1_run
+    names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert names == ["last.ckpt", "step00000002.ckpt", "step00000003.ckpt"]
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 3
+    frozen = _assert_frozen_kept_trained_changed(initial, last["state_dict"], Stage1System.trained_prefixes)
+    assert any(k.startswith("denoiser.unet.base.") for k in frozen) and any(k.startswith("vae.") for k in frozen)
+    assert load_train_config(run_dir / "config.yaml") == cfg  # the run folder keeps the resolved config
+    denoiser, _ = load_denoiser(run_dir / "weights", cfg.model)  # exported as a converted mgld folder
+    assert torch.equal(denoiser.state_dict()["cond_encoder.fea_tran.0.out_layers.3.weight"],
+                       last["state_dict"]["denoiser.cond_encoder.fea_tran.0.out_layers.3.weight"])
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    assert {"train/loss", "lr-AdamW"} <= set(events.Tags()["scalars"])
+    assert {"images/lq_output_gt", "images/temporal_profile"} <= set(events.Tags()["images"])
+    strip = events.Images("images/lq_output_gt")[0]
+    assert (strip.width, strip.height) == (T * 32, 3 * 32)  # LQ / output / GT rows of 5 frames
+
+
+def test_stage1_resume_continues_at_the_saved_step_with_the_saved_optimizer_state(stage1_run):
+    cfg, run_dir, _ = stage1_run
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        prepare_run_dir(cfg, resume=False)
+    capture = CaptureStart()
+    cfg5 = tiny_cfg(1, Path(cfg.data.root).parent, run_dir, "trainer.max_steps=5")
+    train(cfg5, resume=True, callbacks=[capture], enable_progress_bar=False)
+    assert capture.step == 3
+    assert _same_optimizer_state(capture.states[0], saved["optimizer_states"][0])
+    resumed = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert resumed["global_step"] == 5
+    assert (run_dir / "checkpoints" / "step00000004.ckpt").is_file()
+    assert next(iter(resumed["optimizer_states"][0]["state"].values()))["step"].item() == 5
+
+
+def test_stage1_overfits_a_fixed_batch(data, tmp_path):
+    cfg = tiny_cfg(1, data, tmp_path / "run", "data.seed=0")
+    system, datamodule = build_stage1(cfg)
+    batch = default_collate([datamodule.dataset[0]])
+    optimizer = torch.optim.Adam(system.trainable, lr=2e-3)
+    losses = []
+    for _ in range(25):
+        torch.manual_seed(0)  # same timesteps, noise and posterior samples every step
+        loss = system.compute_loss(batch)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_per_frame_timesteps_switch(data, tmp_path):
+    cfg = tiny_cfg(1, data, tmp_path / "run", "stage1.timesteps=frame", "stage1.train_temporal_norm=false")
+    system, _ = build_stage1(cfg)
+    t = system.sample_timesteps(3, T)
+    assert t.shape == (15,) and len(set(t.tolist())) > 3  # independent per frame (the authors' run)
+    clip = Stage1System(build_denoiser(cfg.model), build_vae(cfg.model)).sample_timesteps(3, T).view(3, T)
+    assert (clip == clip[:, :1]).all()  # default: one timestep per clip
+    norm = system.denoiser.unet.temporal.attention.norm
+    assert not norm.weight.requires_grad and system.denoiser.unet.temporal.attention.temporal_alpha.requires_grad
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Stage 2
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sd_folder(tmp_path_factory):
+    """A tiny diffusers-layout SD folder holding only ``vae/`` (all stage 2 needs)."""
+    folder = tmp_path_factory.mktemp("sd")
+    torch.manual_seed(123)
+    build_vae(load_config(CONFIGS / "tiny.yaml").model).base.save_pretrained(folder / "vae")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def stage2_run(data, sd_folder, tmp_path_factory):
+    cfg = tiny_cfg(2, data, tmp_path_factory.mktemp("runs") / "stage2", "trainer.max_steps=3",
+                   "losses.disc_start=1", f"init.sd_checkpoint={sd_folder}")
+    initial = _initial_state(build_stage2, cfg)
+    run_dir = train(cfg, enable_progress_bar=False)
+    return cfg, run_dir, initial
+
+
+def test_stage2_trains_with_lean_checkpoints_and_gan_after_disc_start(stage2_run, sd_folder):
+    cfg, run_dir, initial = stage2_run
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 3  # generator updates; the discriminator's steps are not counted
+    # the frozen VAE comes from the SD folder, so checkpoints keep only what is trained
+    assert all(k.startswith(Stage2System.trained_prefixes) for k in last["state_dict"])
+    _assert_frozen_kept_trained_changed(initial, last["state_dict"], Stage2System.trained_prefixes)
+    opt_g, opt_d = (next(iter(s["state"].values()))["step"].item() for s in last["optimizer_states"])
+    assert (opt_g, opt_d) == (3, 2)  # the discriminator starts at step 1 (losses.disc_start=1)
+    exported = load_state_dict_file(run_dir / "weights" / "vae.safetensors")
+    sd_vae = load_state_dict_file(sd_folder / "vae" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(exported[f"base.{k}"], v) for k, v in sd_vae.items())  # frozen: bit-identical to SD
+
+
+def test_stage2_resume_rebuilds_the_frozen_part_and_continues(stage2_run):
+    cfg, run_dir, _ = stage2_run
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    capture = CaptureStart()
+    overrides = ["trainer.max_steps=4", "losses.disc_start=1", f"init.sd_checkpoint={cfg.init.sd_checkpoint}"]
+    train(tiny_cfg(2, Path(cfg.data.root).parent, run_dir, *overrides), resume=True, callbacks=[capture],
+          enable_progress_bar=False)
+    assert capture.step == 3
+    assert all(_same_optimizer_state(a, b) for a, b in zip(capture.states, saved["optimizer_states"]))
+    resumed = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert resumed["global_step"] == 4
+    assert [next(iter(s["state"].values()))["step"].item() for s in resumed["optimizer_states"]] == [4, 3]
+
+
+def test_stage2_overfits_a_fixed_batch(data, tmp_path):
+    from mgld.training.common import prepare_clips
+
+    system, datamodule = build_stage2(tiny_cfg(2, data, tmp_path / "run"))
+    batch = default_collate([datamodule.dataset[0]])
+    x_gt, x_lq = prepare_clips(batch["gt"], batch["lq"])
+    latent = batch["latent"].flatten(0, 1)
+    optimizer = torch.optim.Adam(system.decoder_parameters(), lr=2e-3)
+    losses = []
+    for _ in range(25):
+        terms = system.generator_loss(system.reconstruct(x_lq, latent, T), x_gt, T, adversarial=False)
+        optimizer.zero_grad()
+        terms["total"].backward()
+        optimizer.step()
+        losses.append(terms["total"].item())
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert terms["consistency"].item() > 0 and terms["lpips"].item() == 0  # DIS flow on; LPIPS off in tiny
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Full size, errors, CLI
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _millions(params) -> float:
+    return round(sum(p.numel() for p in params) / 1e6, 2)
+
+
+def test_full_size_systems_train_the_spec_parameters():
+    model = load_train_config(CONFIGS / "stage1.yaml").model
+    with torch.device("meta"):
+        denoiser, vae = build_denoiser(model), build_vae(model)
+    stage1 = Stage1System(denoiser, vae)
+    trained = {n: p for n, p in stage1.named_parameters() if p.requires_grad}
+    assert _millions(p for n, p in trained.items() if n.startswith("denoiser.unet.sft.")) == 53.02
+    assert _millions(p for n, p in trained.items() if n.startswith("denoiser.unet.temporal.")) == 16.39
+    assert _millions(p for n, p in trained.items() if n.startswith("denoiser.cond_encoder.")) == 52.49
+    assert _millions(trained.values()) == 121.90 and _millions(stage1.trainable) == 121.90
+
+    stage2 = Stage2System(vae, PatchDiscriminator(), loss=Stage2Loss(lpips=0, consistency=0))
+    trained = {n: p for n, p in stage2.named_parameters() if p.requires_grad}
+    assert _millions(p for n, p in trained.items() if n.startswith("vae.fusion.")) == 25.07
+    assert _millions(p for n, p in trained.items() if n.startswith("vae.temporal.")) == 6.25
+    assert _millions(p for n, p in trained.items() if n.startswith("discriminator.")) == 2.77
+    assert _millions(trained.values()) == 34.09
+
+
+@pytest.fixture
+def no_model_building(monkeypatch):
+    """Makes any real (non-``meta``) model construction in the runner fail the test."""
+    import mgld.training.runner as runner
+
+    def guard(name, real):
+        def build(*args, **kwargs):
+            if torch.get_default_device().type != "meta":
+                raise AssertionError(f"{name} was called before the inputs were checked")
+            return real(*args, **kwargs)
+
+        return build
+
+    for name in ("build_denoiser", "build_vae", "init_denoiser_from_sd", "init_vae_from_sd", "load_denoiser",
+                 "load_vae"):
+        monkeypatch.setattr(runner, name, guard(name, getattr(runner, name)))
+
+
+def test_input_errors_come_before_any_model_is_built(data, tmp_path, no_model_building):
+    out = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match="dataset folder not found"):
+        build_stage1(tiny_cfg(1, data, out, f"data.root={tmp_path / 'missing'}"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no sequence folder"):
+        build_stage2(tiny_cfg(2, data, out, f"data.root={tmp_path / 'empty'}"))
+    with pytest.raises(FileNotFoundError, match="SD checkpoint not found"):
+        build_stage1(tiny_cfg(1, data, out, f"init.sd_checkpoint={tmp_path / 'v2-1.ckpt'}"))
+    torch.save({"state_dict": {"model.diffusion_model.x": torch.zeros(1)}}, tmp_path / "not_sd.ckpt")
+    with pytest.raises(CheckpointError, match="not_sd.ckpt"):
+        build_stage1(tiny_cfg(1, data, out, f"init.sd_checkpoint={tmp_path / 'not_sd.ckpt'}"))
+    wide = load_config(CONFIGS / "tiny.yaml", ["model.vae.ch=64"]).model
+    build_vae(wide).base.save_pretrained(tmp_path / "wide_sd" / "vae")  # the test's own import, not patched
+    with pytest.raises(CheckpointError, match="shape mismatches"):
+        build_stage2(tiny_cfg(2, data, out, f"init.sd_checkpoint={tmp_path / 'wide_sd'}"))
+    with pytest.raises(FileNotFoundError, match="losses.lpips=0"):
+        build_stage2(tiny_cfg(2, data, out, "losses.lpips=0.5", f"losses.lpips_backbone={tmp_path / 'vgg.pth'}"))
+
+
+@pytest.mark.parametrize("name", ["stage1", "stage2", "tiny_stage1", "tiny_stage2"])
+def test_common_overrides_work_in_every_training_config(name):
+    cfg = load_train_config(CONFIGS / f"{name}.yaml", ["data.root=/d", "trainer.max_steps=7", "output_dir=/o"])
+    assert (cfg.data.root, cfg.trainer.max_steps, cfg.output_dir) == ("/d", 7, "/o")
+
+
+def test_stage2_config_has_the_spec_values():
+    cfg = load_train_config(CONFIGS / "stage2.yaml")
+    losses = cfg.losses
+    weights = (losses.l1, losses.lpips, losses.frame_difference, losses.consistency, losses.gan)
+    assert weights == (1, 0.5, 0.5, 0.5, 0.025)
+    assert (losses.sobel_weight, losses.disc_start, losses.flow.method) == (3.0, 501, "spynet")
+    assert (cfg.optim.lr, cfg.optim.betas, cfg.optim.accumulate_grad_batches) == (5e-5, [0.5, 0.9], 8)
+    cfg1 = load_train_config(CONFIGS / "stage1.yaml")
+    assert (cfg1.optim.lr, cfg1.optim.weight_decay, cfg1.optim.accumulate_grad_batches) == (5e-5, 0.01, 4)
+    assert (cfg1.data.crop_size, cfg1.trainer.checkpoint_every_n_steps, cfg1.model.num_frames) == (512, 3000, 5)
+
+
+def test_cli_help_and_print_config(capsys):
+    script = ROOT / "scripts" / "train.py"
+    run = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, check=True)
+    help_text = run.stdout
+    for flag in ("--config", "--resume", "--print-config", "key=value", "data.root", "trainer.max_steps", "output_dir"):
+        assert flag in help_text
+    main = runpy.run_path(str(script), run_name="train_cli")["main"]
+    assert main(["--config", str(CONFIGS / "tiny_stage2.yaml"), "--print-config", "trainer.max_steps=9"]) == 0
+    printed = capsys.readouterr().out
+    assert "stage: 2" in printed and "max_steps: 9" in printed and "model_channels: 32" in printed
+    with pytest.raises(SystemExit):
+        main(["--config", str(CONFIGS / "tiny_stage1.yaml"), "not-an-override"])
