@@ -33,6 +33,7 @@ from mgld.colorfix import color_fix
 from mgld.config import Config, load_config
 from mgld.flow import build_flow_estimator, flows_and_masks
 from mgld.models import MGLDDenoiser, TemporalVAE, build_denoiser, build_vae
+from mgld.profiling import StageProfiler, stage
 from mgld.sampling import Anchor, FrameNoise, MotionGuidance, sample
 from mgld.schedule import respaced_schedule
 from mgld.tiling import TileBox, blend_tiles, feather_weights, tile_boxes
@@ -95,6 +96,7 @@ class MGLDPipeline:
         self.config = config
         self._flow_estimator = flow_estimator
         self.device = torch.device("cpu")
+        self.profiler: StageProfiler | None = None  # set by scripts/benchmark.py
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -211,19 +213,22 @@ class MGLDPipeline:
         up, s = self.preprocess(lr)
         noise = FrameNoise(sampling.seed, list(frame_indices), (cfg.model.vae.latent_channels, *_latent_size(up)))
         amp = autocast_dtype(cfg.infer.precision, self.device)
-        with _autocast(self.device, amp):
+        with _autocast(self.device, amp), stage(self.profiler, "vae_encode"):
             z_lr, feats = self.encode(up, noise.draw(self.device))
         guidance = None
         if sampling.guidance_scale != 0 and t > 1:
-            guidance = MotionGuidance(*self.flows(up, _latent_size(up)), sampling.guidance_scale,
-                                      sampling.guidance_variant)
+            with stage(self.profiler, "flow"):
+                flows, masks = self.flows(up, _latent_size(up))
+            guidance = MotionGuidance(flows, masks, sampling.guidance_scale, sampling.guidance_variant)
         schedule = respaced_schedule(sampling.steps)
         with _autocast(self.device, amp):
             z0, trajectory = sample(self.denoiser, schedule, z_lr, noise, guidance=guidance, anchor=anchor,
                                     record=record, tile_size=sampling.tile_size, tile_overlap=sampling.tile_overlap,
-                                    tile_batch=sampling.tile_batch, progress=progress)
-            decoded = self.decode(z0, up, feats)
-        decoded = color_fix(decoded.float(), up, cfg.decode.color_fix)
+                                    tile_batch=sampling.tile_batch, progress=progress, profiler=self.profiler)
+        with stage(self.profiler, "vae_decode"):
+            with _autocast(self.device, amp):
+                decoded = self.decode(z0, up, feats)
+            decoded = color_fix(decoded.float(), up, cfg.decode.color_fix)
         sr = ((decoded + 1) / 2).clamp(0, 1)[..., : round(h * s), : round(w * s)]
         scale = cfg.infer.scale
         if sr.shape[-2:] != (h * scale, w * scale):

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from mgld.guidance import guidance_step
+from mgld.profiling import StageProfiler, stage
 from mgld.schedule import RespacedSchedule
 from mgld.tiling import blend_tiles, tile_boxes
 
@@ -145,14 +146,18 @@ def sampling_step(
     tile_size: int = 64,
     tile_overlap: int = 32,
     tile_batch: int = 1,
+    profiler: StageProfiler | None = None,
 ) -> StepResult:
     """One respaced step ``k`` from ``x`` (``t 4 h w``); ``noise`` is ξ (ignored, may be None, at k = 0)."""
-    eps = predict_noise(denoiser, x, schedule.timestep(k), z_lr, num_frames, tile_size, tile_overlap, tile_batch)
+    with stage(profiler, "encoder+unet"):
+        eps = predict_noise(denoiser, x, schedule.timestep(k), z_lr, num_frames, tile_size, tile_overlap,
+                            tile_batch)
     out = schedule.step(eps.to(x.dtype), k, x, noise=noise if k > 0 else None)
     latents, loss = out.prev_sample, None
     if guidance is not None and guidance.scale != 0:
-        latents, loss = guidance_step(latents, guidance.flows, guidance.masks, guidance.scale,
-                                      schedule.log_variance(k), guidance.variant, num_frames=num_frames)
+        with stage(profiler, "guidance"):
+            latents, loss = guidance_step(latents, guidance.flows, guidance.masks, guidance.scale,
+                                          schedule.log_variance(k), guidance.variant, num_frames=num_frames)
     if anchor is not None:
         latents = anchor.pull(latents, k)
     return StepResult(latents, out.mean, out.pred_x0, out.prev_sample, loss)
@@ -171,6 +176,7 @@ def sample(
     tile_overlap: int = 32,
     tile_batch: int = 1,
     progress: Callable[[int], None] | None = None,
+    profiler: StageProfiler | None = None,
 ) -> tuple[Tensor, dict[int, Tensor]]:
     """Sample one clip: ``x_T = √ᾱ_999·z_lr + √(1−ᾱ_999)·ε``, then every step (k = N-1 … 0).
 
@@ -184,7 +190,8 @@ def sample(
     for k in reversed(range(schedule.num_steps)):
         xi = noise.draw(z_lr.device, z_lr.dtype) if k > 0 else None
         x = sampling_step(denoiser, schedule, x, k, z_lr, num_frames, xi, guidance=guidance, anchor=anchor,
-                          tile_size=tile_size, tile_overlap=tile_overlap, tile_batch=tile_batch).latents
+                          tile_size=tile_size, tile_overlap=tile_overlap, tile_batch=tile_batch,
+                          profiler=profiler).latents
         if record:
             trajectory[k] = x[-record:].detach().clone()
         if progress is not None:
