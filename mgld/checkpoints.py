@@ -75,8 +75,12 @@ def load_torch_file(path: str | Path) -> dict:
         raise CheckpointError(f"{path}: could not be read ({type(err).__name__}: {err})") from err
 
 
-def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a weight file: safetensors, or a torch/Lightning checkpoint (its ``state_dict``)."""
+def load_state_dict_file(path: str | Path, nested_keys: tuple[str, ...] = ("state_dict",)) -> dict[str, torch.Tensor]:
+    """The tensors of a weight file: safetensors, or a torch/Lightning checkpoint.
+
+    When the checkpoint is a dict holding one of ``nested_keys`` (Lightning's ``state_dict``, basicsr's
+    ``params``), that entry is returned.
+    """
     path = Path(path)
     if path.suffix == ".safetensors":
         if not path.is_file():
@@ -86,8 +90,10 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         except Exception as err:
             raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
     data = load_torch_file(path)
-    if isinstance(data, Mapping) and "state_dict" in data:
-        data = data["state_dict"]
+    for key in nested_keys:
+        if isinstance(data, Mapping) and key in data:
+            data = data[key]
+            break
     if not isinstance(data, Mapping) or not all(torch.is_tensor(v) for v in data.values()):
         raise CheckpointError(f"{path}: holds no state dict of tensors")
     return dict(data)

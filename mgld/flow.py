@@ -223,12 +223,10 @@ def convert_raft_things_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str
 
 
 def _load_state_dict(path: Path) -> dict[str, Tensor]:
-    """Tensors of a weights file: safetensors, or a pickle read with ``weights_only=True``."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    """Tensors of a weights file, read safely by :mod:`mgld.checkpoints` (basicsr's ``params`` unwrapped)."""
+    from mgld.checkpoints import load_state_dict_file
 
-        return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_state_dict_file(path, nested_keys=("params", "state_dict"))
 
 
 def _find_weights(weights: str | Path | None, default_name: str, where: str) -> Path:
@@ -308,7 +306,6 @@ class SpyNetEstimator(nn.Module):
         spynet_arch = import_basicsr("basicsr.archs.spynet_arch")
         self.model = spynet_arch.SpyNet(load_path=None).eval()
         state_dict = _load_state_dict(_find_weights(weights, SPYNET_FILE, f"{SPYNET_FILE} ({SPYNET_URL})"))
-        state_dict = state_dict.get("params", state_dict)
         missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
         # the released file predates SpyNet's mean/std buffers, which the constructor fills in
         missing = [key for key in missing if key not in ("mean", "std")]
