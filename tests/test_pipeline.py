@@ -124,3 +124,25 @@ def test_missing_weights_give_the_commands(tmp_path, monkeypatch):
     cfg = load_config(TINY, ["infer.random_weights=false"])
     with pytest.raises(FileNotFoundError, match=r"(?s)download_weights\.py.*convert_checkpoint\.py --stage1"):
         MGLDPipeline.from_config(cfg)
+
+
+def test_work_split_across_processes():
+    from mgld.inference import split_chunks, split_work
+
+    assert [split_work(list("abcde"), r, 2) for r in (0, 1)] == [list("ace"), list("bd")]
+    chunks = plan_chunks(23, 5, 0)
+    parts = [split_chunks(chunks, r, 3) for r in range(3)]
+    assert sum(parts, []) == chunks and all(parts)  # contiguous, complete, none empty
+
+
+def test_python_api_accepts_pil_and_numpy(pipe):
+    import numpy as np
+    from PIL import Image
+
+    arrays = [(np.random.default_rng(i).random((12, 16, 3)) * 255).astype(np.uint8) for i in range(2)]
+    from_numpy = pipe(arrays)
+    from_pil = pipe([Image.fromarray(a) for a in arrays])
+    from_tensor = pipe(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255)
+    assert from_numpy.shape == (2, 3, 48, 64)
+    torch.testing.assert_close(from_numpy, from_pil)
+    torch.testing.assert_close(from_numpy, from_tensor)
