@@ -337,3 +337,28 @@ def test_cli_help_and_print_config(capsys):
     assert "stage: 2" in printed and "max_steps: 9" in printed and "model_channels: 32" in printed
     with pytest.raises(SystemExit):
         main(["--config", str(CONFIGS / "tiny_stage1.yaml"), "not-an-override"])
+
+
+def test_generate_latents_writes_stage2_inputs_and_resumes(tmp_path):
+    from mgld.config import Config
+    from mgld.data.degradations import RealBasicVSRDegradation
+    from mgld.data.stage2 import Stage2ClipDataset
+    from mgld.pipeline import MGLDPipeline
+    from mgld.training.latents import generate_latents
+
+    cfg = load_train_config(CONFIGS / "tiny_stage1.yaml", ["sampling.steps=2", "infer.min_short_side=0"])
+    config = Config(model=cfg.model, sampling=cfg.sampling, flow=cfg.flow, decode=cfg.decode, chunk=cfg.chunk,
+                    infer=cfg.infer)
+    pipe = MGLDPipeline(build_denoiser(cfg.model), build_vae(cfg.model), config)
+    gt = write_synthetic_sequences(tmp_path / "gt", num_sequences=1, num_frames=11, size=(32, 48))
+    out = tmp_path / "gen"
+    counts = generate_latents(pipe, gt, out, RealBasicVSRDegradation(), T, seed=3)
+    assert counts == {"done": 2, "skipped": 0}  # frames 0-4 and 5-9; frame 10 is no whole segment
+    dataset = Stage2ClipDataset(gt, out / "lq", out / "latents", T)
+    item = dataset[1]
+    assert item["lq"].shape == (T, 3, 8, 12) and item["latent"].shape == (T, 4, 4, 6)
+    assert len(list((out / "preview" / "100").glob("*.png"))) == 10
+    first = item["latent"].clone()
+    (out / "latents" / "100" / "00000007.npy").unlink()  # an interrupted segment
+    assert generate_latents(pipe, gt, out, RealBasicVSRDegradation(), T, seed=3) == {"done": 1, "skipped": 1}
+    torch.testing.assert_close(dataset[1]["latent"], first)  # same seeds: the redone segment is identical

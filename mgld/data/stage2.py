@@ -62,8 +62,8 @@ class Stage2ClipDataset(Dataset):
             for name, frames in self.sequences.items()
             for start in range(0, len(frames) - num_frames + 1, num_frames)
         ]
-        missing = [str(p) for name, frames in self.sequences.items() for f in frames for p in self._pair(name, f)
-                   if not p.is_file()]
+        missing = [str(p) for name, start in self.segments for f in self.sequences[name][start : start + num_frames]
+                   for p in self._pair(name, f) if not p.is_file()]
         if missing:
             raise FileNotFoundError(
                 f"{len(missing)} LQ/latent files are missing for the GT frames of {gt_root}, e.g. {missing[:5]} "
