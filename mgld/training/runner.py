@@ -208,16 +208,18 @@ def build_system(cfg: TrainConfig) -> tuple[Stage1System | Stage2System, ClipDat
 
 
 class FinalCheckpoint(Callback):
-    """Writes ``stepNNNNNNNN.ckpt`` and ``last.ckpt`` when training ends between two periodic checkpoints."""
+    """Writes ``stepNNNNNNNN.ckpt`` and ``last.ckpt`` when training ends between two periodic checkpoints.
 
-    def __init__(self, dirpath: Path):
-        self.dirpath = dirpath
+    Decided from the step count, not from the files, so every rank makes the same (collective) calls.
+    """
+
+    def __init__(self, dirpath: Path, every_n_steps: int):
+        self.dirpath, self.every_n_steps = dirpath, every_n_steps
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        step_file = self.dirpath / f"step{trainer.global_step:08d}.ckpt"
-        if not step_file.exists():
-            trainer.save_checkpoint(step_file, weights_only=False)
-        trainer.save_checkpoint(self.dirpath / "last.ckpt", weights_only=False)
+        if trainer.global_step % self.every_n_steps != 0:  # else the periodic checkpoint already has this step
+            trainer.save_checkpoint(self.dirpath / f"step{trainer.global_step:08d}.ckpt", weights_only=False)
+            trainer.save_checkpoint(self.dirpath / "last.ckpt", weights_only=False)
 
 
 def last_checkpoint(run_dir: str | Path) -> Path:
@@ -260,7 +262,8 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, callbacks: Sequence[Callback]
         num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision, log_every_n_steps=t.log_every_n_steps,
         accumulate_grad_batches=cfg.optim.accumulate_grad_batches if cfg.stage == 1 else 1,
         logger=TensorBoardLogger(run_dir, name="tb", version=""),
-        callbacks=[*callbacks, FinalCheckpoint(ckpt_dir), LearningRateMonitor(logging_interval="step"), periodic],
+        callbacks=[*callbacks, FinalCheckpoint(ckpt_dir, t.checkpoint_every_n_steps),
+                   LearningRateMonitor(logging_interval="step"), periodic],
         num_sanity_val_steps=0,
     )
     kwargs.update(overrides)
