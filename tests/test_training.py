@@ -362,3 +362,16 @@ def test_generate_latents_writes_stage2_inputs_and_resumes(tmp_path):
     (out / "latents" / "100" / "00000007.npy").unlink()  # an interrupted segment
     assert generate_latents(pipe, gt, out, RealBasicVSRDegradation(), T, seed=3) == {"done": 1, "skipped": 1}
     torch.testing.assert_close(dataset[1]["latent"], first)  # same seeds: the redone segment is identical
+
+
+def test_frozen_networks_stay_in_eval_mode(tiny_model_cfg):
+    class FlowWithBatchNorm(torch.nn.Module):  # like RAFT's context encoder
+        def __init__(self):
+            super().__init__()
+            self.norm = torch.nn.BatchNorm2d(2)
+
+    stage1 = Stage1System(build_denoiser(tiny_model_cfg), build_vae(tiny_model_cfg)).train()
+    assert stage1.denoiser.training and not stage1.vae.training
+    stage2 = Stage2System(build_vae(tiny_model_cfg), PatchDiscriminator(3, 8, 2), flow_estimator=FlowWithBatchNorm(),
+                          loss=Stage2Loss(lpips=0)).train()
+    assert stage2.vae.training and stage2.discriminator.training and not stage2.flow_estimator.training

@@ -46,18 +46,28 @@ def temporal_profile(rows: Sequence[Tensor]) -> Tensor:
 class TrainingSystem(pl.LightningModule):
     """Base of :class:`Stage1System` and :class:`Stage2System`: lean checkpoints and image logging.
 
-    Subclasses set ``trained_prefixes`` (state-dict prefixes of the trained modules) and
-    ``image_every_n_steps``.
+    Subclasses set ``trained_prefixes`` (state-dict prefixes of the trained modules) and ``eval_modules``
+    (attributes kept in eval mode while training: frozen networks, whose BatchNorm or dropout must not switch
+    to training behaviour, e.g. RAFT's).
     """
 
     trained_prefixes: tuple[str, ...] = ()
     loss_prefixes: tuple[str, ...] = ("lpips.", "flow_estimator.")
+    eval_modules: tuple[str, ...] = ()
 
     def __init__(self, checkpoint_frozen: bool = True, image_every_n_steps: int = 1000):
         super().__init__()
         self.checkpoint_frozen = checkpoint_frozen
         self.image_every_n_steps = image_every_n_steps
         self.strict_loading = False  # on_load_checkpoint checks the keys instead
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for name in self.eval_modules:
+            module = getattr(self, name, None)
+            if isinstance(module, torch.nn.Module):
+                module.eval()
+        return self
 
     def _saved_key(self, key: str) -> bool:
         if key.startswith(self.loss_prefixes):

@@ -30,6 +30,7 @@ class Stage1System(TrainingSystem):
     """Lightning system of stage 1 (module docstring). Models are built by :func:`mgld.training.build_stage1`."""
 
     trained_prefixes = ("denoiser.unet.sft.", "denoiser.unet.temporal.", "denoiser.cond_encoder.")
+    eval_modules = ("vae",)
 
     def __init__(
         self,
@@ -55,11 +56,6 @@ class Stage1System(TrainingSystem):
         self.lr, self.betas, self.weight_decay, self.timesteps = lr, tuple(betas), weight_decay, timesteps
         alphas = make_scheduler().alphas_cumprod.float()
         self.register_buffer("alphas_cumprod", alphas, persistent=False)
-
-    def train(self, mode: bool = True) -> Stage1System:
-        super().train(mode)
-        self.vae.eval()  # frozen: always in inference mode
-        return self
 
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:

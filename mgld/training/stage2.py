@@ -61,6 +61,7 @@ class Stage2System(TrainingSystem):
     """
 
     trained_prefixes = ("vae.temporal.", "vae.fusion.", "discriminator.")
+    eval_modules = ("lpips", "flow_estimator")
 
     def __init__(
         self,
