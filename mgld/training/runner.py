@@ -141,7 +141,7 @@ def build_stage1_dataset(cfg: Stage1TrainConfig) -> REDSClipDataset:
 def build_stage1(cfg: Stage1TrainConfig) -> tuple[Stage1System, ClipDataModule]:
     """Stage-1 system (denoiser from SD 2.1 or ``init.weights``, frozen VAE) and its data."""
     dataset = build_stage1_dataset(cfg)
-    _check_init(cfg, ("unet", "vae"), "denoiser")
+    _check_init(cfg, ("vae",) if cfg.init.weights else ("unet", "vae"), "denoiser")  # init.weights has the UNet
     sd, opts = cfg.init.sd_checkpoint, cfg.stage1
     if cfg.init.weights is not None:
         denoiser, _ = load_denoiser(cfg.init.weights, cfg.model)
