@@ -145,3 +145,19 @@ def test_patch_discriminator_layout_and_init():
     assert abs(convs[2].weight.std().item() - 0.02) < 0.002
     tiny = PatchDiscriminator(3, 8, 2)
     assert tiny(torch.zeros(5, 3, 32, 32)).shape == (5, 1, 6, 6)
+
+
+def test_consistency_reference_form_gradient_goes_through_the_flow_only():
+    from mgld.losses import build_loss_flow_estimator
+
+    gt = translating_clip((1, 0))
+    pred = (gt + 0.05 * torch.randn_like(gt)).requires_grad_(True)
+
+    def differentiable_flow(ref, sup):  # small flows that depend smoothly on the frames
+        return 0.5 * (ref - sup).mean(1, keepdim=True).repeat(1, 2, 1, 1)
+
+    loss = structure_consistency_loss(pred, gt, T, differentiable_flow, variant="reference")
+    loss.backward()
+    assert loss.item() > 0 and pred.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="only available for SpyNet"):
+        build_loss_flow_estimator("dis", differentiable=True)
