@@ -140,7 +140,8 @@ def test_stage1_resume_continues_at_the_saved_step_with_the_saved_optimizer_stat
     assert _same_optimizer_state(capture.states[0], saved["optimizer_states"][0])
     resumed = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert resumed["global_step"] == 5
-    assert (run_dir / "checkpoints" / "step00000004.ckpt").is_file()
+    names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert names == ["last.ckpt", "step00000002.ckpt", "step00000003.ckpt", "step00000004.ckpt", "step00000005.ckpt"]
     assert next(iter(resumed["optimizer_states"][0]["state"].values()))["step"].item() == 5
 
 

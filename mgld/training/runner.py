@@ -256,6 +256,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, callbacks: Sequence[Callback]
     periodic = ModelCheckpoint(
         dirpath=ckpt_dir, filename="step{step:08d}", auto_insert_metric_name=False,
         every_n_train_steps=t.checkpoint_every_n_steps, save_top_k=-1, save_last=True,
+        enable_version_counter=False,  # overwrite last.ckpt (never write last-v1.ckpt)
     )
     kwargs = dict(
         default_root_dir=run_dir, max_steps=t.max_steps, max_epochs=-1, accelerator=t.accelerator, devices=t.devices,
