@@ -16,8 +16,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from mgld.atomic import atomic_write
 from mgld.config import ModelConfig, model_config_from_dict
 
 DENOISER_FILE = "denoiser.safetensors"
@@ -132,18 +131,6 @@ def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source:
     return module
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_model_folder(
     folder: str | Path,
     model_config: ModelConfig,
@@ -158,11 +145,11 @@ def save_model_folder(
         if module is not None:
             state = module.state_dict() if isinstance(module, nn.Module) else module
             tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-            _atomic_write(folder / name, lambda tmp, t=tensors: save_file(t, tmp, metadata={"format": "pt"}))
+            atomic_write(folder / name, lambda tmp, t=tensors: save_file(t, tmp, metadata={"format": "pt"}))
     text = OmegaConf.to_yaml(
         {"model": OmegaConf.structured(model_config), "provenance": provenance or {}}
     )
-    _atomic_write(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
     return folder
 
 

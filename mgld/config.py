@@ -202,7 +202,7 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> Any:
+def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> Any:
     """A YAML file with its ``_base_`` files merged underneath it."""
     path = path.resolve()
     if path in seen:
@@ -213,7 +213,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> Any:
     bases = node.pop("_base_", []) if isinstance(node, dict) or OmegaConf.is_dict(node) else []
     if isinstance(bases, str):
         bases = [bases]
-    merged = [_read_yaml(path.parent / str(b), seen + (path,)) for b in bases]
+    merged = [read_yaml(path.parent / str(b), seen + (path,)) for b in bases]
     return OmegaConf.merge(*merged, node) if merged else node
 
 
@@ -221,7 +221,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Schema defaults <- YAML (with ``_base_``) <- ``key=value`` overrides -> a typed dataclass."""
     cfg = OmegaConf.structured(schema)
     if path is not None:
-        cfg = OmegaConf.merge(cfg, _read_yaml(Path(path)))
+        cfg = OmegaConf.merge(cfg, read_yaml(Path(path)))
     if overrides:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     return OmegaConf.to_object(cfg)

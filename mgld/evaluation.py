@@ -22,9 +22,7 @@ import io
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -35,6 +33,7 @@ import numpy as np
 import torch
 
 from mgld import metrics as M
+from mgld.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -44,20 +43,6 @@ _DECIMALS = {"psnr": 2, "ssim": 4, "niqe": 3, "brisque": 2, "musiq": 2, "ewarp":
 # --------------------------------------------------------------------------------------------------
 # Files: reading, atomic writing, sequence folders
 # --------------------------------------------------------------------------------------------------
-
-
-def atomic_write(path: str | Path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_frame(path: Path) -> np.ndarray:

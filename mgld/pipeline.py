@@ -44,9 +44,11 @@ PAD_MULTIPLE = 32
 
 @dataclass
 class ClipResult:
-    """Output of one clip: ``frames`` ``t 3 H W`` in [0, 1] and the anchor trajectory for the next clip."""
+    """Output of one clip: ``frames`` ``t 3 H W`` in [0, 1]; ``latents`` ``t 4 H'/8 W'/8``, the final latents
+    over the padded upsampled frames (what stage-2 training decodes); the anchor trajectory for the next clip."""
 
     frames: Tensor
+    latents: Tensor
     trajectory: dict[int, Tensor]
 
 
@@ -233,7 +235,7 @@ class MGLDPipeline:
         scale = cfg.infer.scale
         if sr.shape[-2:] != (h * scale, w * scale):
             sr = F.interpolate(sr, size=(h * scale, w * scale), mode="bicubic", align_corners=False).clamp(0, 1)
-        return ClipResult(sr.cpu(), trajectory)
+        return ClipResult(sr.cpu(), z0.float().cpu(), trajectory)
 
     # ------------------------------------------------------------------ stages
     def preprocess(self, lr: Tensor) -> tuple[Tensor, float]:

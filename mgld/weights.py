@@ -153,7 +153,7 @@ def init_denoiser_from_sd(
     sd_source = Path(sd_source)
     denoiser = build_denoiser(cfg)
     if sd_source.is_dir():
-        unet_sd = ckpt.load_state_dict_file(_diffusers_weights(sd_source / "unet"))
+        unet_sd = ckpt.load_state_dict_file(diffusers_weights_file(sd_source / "unet"))
         context = context_from_diffusers(sd_source)
     else:
         full = ckpt.load_state_dict_file(sd_source)
@@ -172,14 +172,14 @@ def init_vae_from_sd(sd_source: str | Path, cfg: ModelConfig | None = None) -> T
     sd_source = Path(sd_source)
     vae = build_vae(cfg)
     if sd_source.is_dir():
-        state_dict = ckpt.load_state_dict_file(_diffusers_weights(sd_source / "vae"))
+        state_dict = ckpt.load_state_dict_file(diffusers_weights_file(sd_source / "vae"))
     else:
         state_dict = convert.sd_vae_state_dict(ckpt.load_state_dict_file(sd_source), len(cfg.vae.ch_mult))
     ckpt.load_into(vae.base, state_dict, str(sd_source))
     return vae
 
 
-def _diffusers_weights(folder: Path) -> Path:
+def diffusers_weights_file(folder: Path) -> Path:
     for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
         if (folder / name).is_file():
             return folder / name

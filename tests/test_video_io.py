@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mgld.data.frames import TEMP_SUFFIX, frames_to_tensor, read_image
+from mgld.atomic import TEMP_SUFFIX
+from mgld.data.frames import frames_to_tensor, read_image
 from mgld.data.video_io import (
     FrameWriter,
     InputError,

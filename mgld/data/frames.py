@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-import uuid
 from pathlib import Path
 
 import cv2
@@ -30,8 +29,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mgld.atomic import atomic_write, remove_temporaries
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-TEMP_SUFFIX = ".mgld-tmp"
 _SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, np.dtype(np.float32): 1.0}
 _DIGITS = re.compile(r"(\d+)")
 _JPEG_END = b"\xff\xd9"
@@ -221,24 +221,6 @@ def frame_to_uint8(frame: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(frame)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path``, then rename it onto ``path``."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def remove_temporaries(folder: Path) -> None:
-    """Remove temporary files left in ``folder`` by an interrupted run."""
-    for tmp in Path(folder).glob(f"*{TEMP_SUFFIX}"):
-        if tmp.is_file():
-            tmp.unlink(missing_ok=True)
-
-
 class FrameWriter:
     """One sequence folder of 8-bit RGB PNGs, written atomically; resumable.
 
@@ -271,7 +253,7 @@ class FrameWriter:
         ok, png = cv2.imencode(".png", cv2.cvtColor(frame_to_uint8(frame), cv2.COLOR_RGB2BGR))
         if not ok:
             raise OSError(f"{self.path(index)}: PNG encoding failed")
-        atomic_write_bytes(self.path(index), png.tobytes())
+        atomic_write(self.path(index), png.tobytes())
         self._written.add(index)
 
     def close(self) -> None:

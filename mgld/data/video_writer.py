@@ -34,7 +34,8 @@ import av
 import numpy as np
 import torch
 
-from mgld.data.frames import TEMP_SUFFIX, InputError, ensure_writable, frame_to_uint8, remove_temporaries
+from mgld.atomic import TEMP_SUFFIX, remove_temporaries
+from mgld.data.frames import InputError, ensure_writable, frame_to_uint8
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from mgld.config import (
     InferConfig,
     ModelConfig,
     SamplingConfig,
-    _read_yaml,
     load_config,
+    read_yaml,
 )
 from mgld.data.degradations import DegradationConfig
 from mgld.data.reds import REDS4
@@ -202,7 +202,7 @@ SCHEMAS = {1: Stage1TrainConfig, 2: Stage2TrainConfig}
 
 def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
     """A training config; the schema is chosen by the ``stage`` key of the file (after its ``_base_`` files)."""
-    stage = _read_yaml(Path(path)).get("stage")
+    stage = read_yaml(Path(path)).get("stage")
     if stage not in SCHEMAS:
         raise ValueError(f"{path}: 'stage' must be 1 or 2 (got {stage!r})")
     cfg = load_config(path, overrides, schema=SCHEMAS[stage])

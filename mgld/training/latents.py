@@ -16,8 +16,6 @@ whose latents are incomplete.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,27 +25,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mgld.colorfix import color_fix
+from mgld.atomic import atomic_write
 from mgld.data.degradations import RealBasicVSRDegradation
 from mgld.data.reds import bicubic_downscale, list_sequences, read_clip
 from mgld.data.stage2 import LATENT_SUFFIX
-from mgld.pipeline import MGLDPipeline, autocast_dtype
-from mgld.sampling import FrameNoise, MotionGuidance, sample
-from mgld.schedule import respaced_schedule
+from mgld.pipeline import MGLDPipeline
 
 log = logging.getLogger(__name__)
-
-
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_png(path: Path, frame: np.ndarray) -> None:
@@ -55,7 +39,7 @@ def write_png(path: Path, frame: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(frame[..., ::-1]))
     if not ok:
         raise OSError(f"could not encode {path}")
-    _atomic(path, lambda tmp: Path(tmp).write_bytes(buf.tobytes()))
+    atomic_write(path, buf.tobytes())
 
 
 def write_latent(path: Path, latent: np.ndarray) -> None:
@@ -63,33 +47,18 @@ def write_latent(path: Path, latent: np.ndarray) -> None:
         with open(tmp, "wb") as f:
             np.save(f, latent)
 
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
-@torch.no_grad()
 def sample_clip_latents(pipe: MGLDPipeline, lq: Tensor, frame_indices: Sequence[int]) -> tuple[Tensor, Tensor]:
-    """The pipeline's stages for one clip, keeping the latents: ``lq`` ``t 3 h w`` in [0, 1] ->
+    """One clip through the inference pipeline, keeping the latents: ``lq`` ``t 3 h w`` in [0, 1] ->
     (final latents ``t 4 h/2 w/2``, i.e. (4h)/8, and their decoded preview ``t 3 4h 4w`` in [0, 1])."""
-    cfg, sampling = pipe.config, pipe.config.sampling
-    t, _, h, w = lq.shape
-    up, s = pipe.preprocess(lq.to(pipe.device, torch.float32))
-    if s != 4:
-        raise ValueError(f"latents must be sampled at scale 4 (got {s}); set infer.scale=4 infer.min_short_side=0")
-    size = (up.shape[-2] // 8, up.shape[-1] // 8)
-    noise = FrameNoise(sampling.seed, list(frame_indices), (cfg.model.vae.latent_channels, *size))
-    amp = autocast_dtype(cfg.infer.precision, pipe.device)
-    with torch.autocast(pipe.device.type, dtype=amp, enabled=amp is not None):
-        z_lr, feats = pipe.encode(up, noise.draw(pipe.device))
-        guidance = None
-        if sampling.guidance_scale != 0 and t > 1:
-            flows, masks = pipe.flows(up, size)
-            guidance = MotionGuidance(flows, masks, sampling.guidance_scale, sampling.guidance_variant)
-        z0, _ = sample(pipe.denoiser, respaced_schedule(sampling.steps), z_lr, noise, guidance=guidance,
-                       tile_size=sampling.tile_size, tile_overlap=sampling.tile_overlap, tile_batch=sampling.tile_batch)
-        decoded = pipe.decode(z0, up, feats)
-    decoded = color_fix(decoded.float(), up, cfg.decode.color_fix)
-    preview = ((decoded + 1) / 2).clamp(0, 1)[..., : 4 * h, : 4 * w]
-    return z0.float()[..., : 4 * h // 8, : 4 * w // 8], preview
+    h, w = lq.shape[-2:]
+    scale = max(float(pipe.config.infer.scale), pipe.config.infer.min_short_side / min(h, w))
+    if scale != 4:
+        raise ValueError(f"latents must be sampled at scale 4 (got {scale}); set infer.scale=4 infer.min_short_side=0")
+    result = pipe.upscale_clip(lq, list(frame_indices))
+    return result.latents[..., : 4 * h // 8, : 4 * w // 8], result.frames
 
 
 def generate_latents(

@@ -45,7 +45,7 @@ from mgld.training.config import Stage1TrainConfig, Stage2TrainConfig, TrainConf
 from mgld.training.data import ClipDataModule
 from mgld.training.stage1 import Stage1System
 from mgld.training.stage2 import Stage2Loss, Stage2System
-from mgld.weights import _diffusers_weights, init_denoiser_from_sd, init_vae_from_sd, load_denoiser, load_vae
+from mgld.weights import diffusers_weights_file, init_denoiser_from_sd, init_vae_from_sd, load_denoiser, load_vae
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def check_sd_checkpoint(source: str | Path, model: ModelConfig, parts: tuple[str
     try:
         if path.is_dir():
             for part in parts:
-                state_dicts[part] = ckpt.load_state_dict_file(_diffusers_weights(path / part))
+                state_dicts[part] = ckpt.load_state_dict_file(diffusers_weights_file(path / part))
             if "unet" in parts and not (path / "text_encoder").is_dir():
                 raise FileNotFoundError(f"{path}: no text_encoder/ folder (needed for the empty-prompt context)")
         else:
