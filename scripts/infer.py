@@ -75,9 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--input and --output are required")
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from mgld.data.video_io import InputError
-
     from mgld.config import load_config, to_yaml
+    from mgld.data.video_io import InputError
     from mgld.inference import run
 
     flags = [f"{key}={getattr(args, flag)}" for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None]

@@ -6,8 +6,9 @@ import re
 
 import pytorch_lightning as pl
 import torch
-from conftest import load_oracle
 from pytorch_lightning.callbacks import ModelCheckpoint
+
+from conftest import load_oracle
 
 
 def tiny_openclip_tower(width: int = 64, layers: int = 3, seed: int = 0) -> dict:

@@ -1,7 +1,6 @@
 """The benchmark's bookkeeping (not its timings): every stage is seen the expected number of times."""
 
 from conftest import ROOT
-
 from mgld.benchmark import STAGES, benchmark, table, write_panned_clip
 from mgld.config import load_config
 

@@ -6,19 +6,9 @@ import sys
 
 import pytest
 import torch
-from conftest import KEYS_DIR, ROOT, load_oracle
-from official_factory import (
-    official_stage1_state_dict,
-    openclip_penultimate,
-    sd_ldm_state_dict,
-    tiny_openclip_tower,
-    write_lightning_checkpoint,
-)
-from official_factory import (
-    official_vae_state_dict as official_vae_fixture,
-)
 from safetensors.torch import save_file
 
+from conftest import KEYS_DIR, ROOT, load_oracle
 from mgld.checkpoints import (
     DENOISER_FILE,
     CheckpointError,
@@ -32,6 +22,16 @@ from mgld.convert import ConversionError, official_denoiser_state_dict, official
 from mgld.models import build_denoiser, build_vae
 from mgld.text_context import empty_prompt_ids
 from mgld.weights import convert_official, init_denoiser_from_sd, init_vae_from_sd, load_denoiser, load_vae
+from official_factory import (
+    official_stage1_state_dict,
+    openclip_penultimate,
+    sd_ldm_state_dict,
+    tiny_openclip_tower,
+    write_lightning_checkpoint,
+)
+from official_factory import (
+    official_vae_state_dict as official_vae_fixture,
+)
 
 
 def _meta_state_dict(tsv_name: str) -> dict:

@@ -1,7 +1,7 @@
 import pytest
-from conftest import ROOT
 from omegaconf.errors import ConfigKeyError, ValidationError
 
+from conftest import ROOT
 from mgld.config import Config, ModelConfig, load_config, to_yaml
 
 

@@ -8,15 +8,15 @@ from dataclasses import replace
 import av
 import numpy as np
 import pytest
-from conftest import ROOT
 from PIL import Image
-from test_video_io import H, W, make_video, read_video, save_frames
 
+from conftest import ROOT
 from mgld.checkpoints import CheckpointError, save_model_folder
 from mgld.config import load_config
 from mgld.data.video_io import FrameWriter, InputError
 from mgld.inference import run
 from mgld.pipeline import MGLDPipeline
+from test_video_io import H, W, make_video, read_video, save_frames
 
 TINY = ROOT / "configs" / "tiny.yaml"
 NAMES = [f"im{i}.png" for i in (1, 2, 3, 10, 11, 12)]  # natural order 1, 2, 3, 10, 11, 12

@@ -4,8 +4,8 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import ROOT
 
+from conftest import ROOT
 from mgld.checkpoints import save_model_folder
 from mgld.config import load_config
 from mgld.flow import build_flow_estimator, flows_and_masks
