@@ -76,11 +76,11 @@ def run_checks(fixture_dir: str | Path, only: list[str] | None = None) -> dict[s
     Returns ``{check name: rows}``. Raises ``FileNotFoundError`` when the folder or its ``config.json`` is
     missing, or when ``only`` names a check whose fixture files are not there.
     """
-    _import_checks()
     fixture_dir = Path(fixture_dir)
     config_path = fixture_dir / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path}: not found; a fixture folder needs config.json")
+    _import_checks()
     config = json.loads(config_path.read_text())
     names = only or sorted(CHECKS)
     results: dict[str, list[ParityRow]] = {}
