@@ -174,11 +174,17 @@ class MGLDPipeline:
         guidance_scale: float | None = None,
         seed: int | None = None,
         progress: Callable[[int], None] | None = None,
+        generator: torch.Generator | None = None,
     ) -> Tensor:
         """Upscale a short clip held in memory: ``t 3 h w`` in [0, 1] (or PIL images / arrays) ->
-        ``t 3 sh sw`` in [0, 1], in chunks of ``chunk.frames`` (use :mod:`mgld.inference` for long videos)."""
+        ``t 3 sh sw`` in [0, 1], in chunks of ``chunk.frames`` (use :mod:`mgld.inference` for long videos).
+
+        The noise of frame ``i`` is drawn from a stream seeded by ``(seed, i)``; ``seed`` defaults to
+        ``sampling.seed``, or to ``generator.initial_seed()`` when a ``torch.Generator`` is given instead."""
         from mgld.inference import plan_chunks
 
+        if seed is None and generator is not None:
+            seed = generator.initial_seed()
         cfg = self.config
         sampling = replace(cfg.sampling, steps=num_inference_steps or cfg.sampling.steps,
                            guidance_scale=cfg.sampling.guidance_scale if guidance_scale is None else guidance_scale,
