@@ -24,6 +24,7 @@ in float64 and stored as float32.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -186,8 +187,10 @@ class RespacedSchedule:
         return signal * z_lr + sigma * noise
 
 
+@functools.lru_cache(maxsize=8)
 def respaced_schedule(num_inference_steps: int = DEFAULT_SAMPLING_STEPS) -> RespacedSchedule:
-    """:class:`RespacedSchedule` of :func:`make_scheduler` (``num_inference_steps``)."""
+    """:class:`RespacedSchedule` of :func:`make_scheduler` (``num_inference_steps``); built once per step count
+    (the tables are frozen and shared: treat them as read-only)."""
     return RespacedSchedule.from_scheduler(make_scheduler(num_inference_steps))
 
 
