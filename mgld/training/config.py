@@ -145,7 +145,19 @@ class DiscriminatorConfig:
 
 
 @dataclass
-class Stage1TrainConfig:
+class _InferenceSections:
+    """The inference sections of :class:`mgld.config.Config`: configs/tiny.yaml carries them, and
+    scripts/generate_latents.py samples the stage-1 latents with them. Training itself does not read them."""
+
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    chunk: ChunkConfig = field(default_factory=ChunkConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+
+
+@dataclass
+class Stage1TrainConfig(_InferenceSections):
     """``configs/stage1.yaml``: SFT + temporal layers + time-aware encoder on a frozen SD 2.1."""
 
     stage: int = 1
@@ -156,13 +168,6 @@ class Stage1TrainConfig:
     data: Stage1DataConfig = field(default_factory=Stage1DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    # Inference sections of mgld.config.Config: configs/tiny.yaml carries them, and scripts/generate_latents.py
-    # samples the stage-1 latents with them. Training itself does not read them.
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    flow: FlowConfig = field(default_factory=FlowConfig)
-    decode: DecodeConfig = field(default_factory=DecodeConfig)
-    chunk: ChunkConfig = field(default_factory=ChunkConfig)
-    infer: InferConfig = field(default_factory=InferConfig)
 
 
 def _stage2_optim() -> OptimConfig:
@@ -174,7 +179,7 @@ def _stage2_trainer() -> TrainerConfig:
 
 
 @dataclass
-class Stage2TrainConfig:
+class Stage2TrainConfig(_InferenceSections):
     """``configs/stage2.yaml``: decoder temporal convs + CFW + PatchGAN on a frozen SD VAE."""
 
     stage: int = 2
@@ -187,13 +192,6 @@ class Stage2TrainConfig:
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     optim: OptimConfig = field(default_factory=_stage2_optim)
     trainer: TrainerConfig = field(default_factory=_stage2_trainer)
-    # Inference sections of mgld.config.Config: configs/tiny.yaml carries them, and scripts/generate_latents.py
-    # samples the stage-1 latents with them. Training itself does not read them.
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    flow: FlowConfig = field(default_factory=FlowConfig)
-    decode: DecodeConfig = field(default_factory=DecodeConfig)
-    chunk: ChunkConfig = field(default_factory=ChunkConfig)
-    infer: InferConfig = field(default_factory=InferConfig)
 
 
 TrainConfig = Stage1TrainConfig | Stage2TrainConfig
