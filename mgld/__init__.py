@@ -1,4 +1,7 @@
-"""mgld: motion-guided latent diffusion for real-world 4x video super-resolution (MGLD-VSR, ECCV 2024)."""
+"""mgld: motion-guided latent diffusion for real-world 4x video super-resolution (MGLD-VSR, ECCV 2024).
+
+``from mgld import MGLDPipeline`` is the Python entry point; ``mgld --help`` the command line.
+"""
 
 from mgld._compat import install_torchvision_functional_tensor_alias, quiet_third_party_logs
 
@@ -6,3 +9,13 @@ install_torchvision_functional_tensor_alias()
 quiet_third_party_logs()
 
 __version__ = "0.1.0"
+__all__ = ["MGLDPipeline", "__version__"]
+
+
+def __getattr__(name: str):
+    # Lazy, so that `import mgld` (and `mgld --help`) does not import torch.
+    if name == "MGLDPipeline":
+        from mgld.pipeline import MGLDPipeline
+
+        return MGLDPipeline
+    raise AttributeError(f"module 'mgld' has no attribute {name!r}")

@@ -41,7 +41,7 @@ class UNetConfig:
 
 @dataclass
 class CondEncoderConfig:
-    """Time-aware condition encoder (spec §3)."""
+    """Time-aware condition encoder (docs/algorithm.md §2.2)."""
 
     in_channels: int = 4
     model_channels: int = 256
@@ -56,7 +56,7 @@ class CondEncoderConfig:
 
 @dataclass
 class VAEConfig:
-    """Temporal VAE: SD KL-VAE + decoder temporal convs + CFW (spec §4)."""
+    """Temporal VAE: SD KL-VAE + decoder temporal convs + CFW (docs/algorithm.md §2.3)."""
 
     in_channels: int = 3
     out_channels: int = 3
@@ -103,25 +103,25 @@ def validate_model_config(cfg: ModelConfig) -> None:
 
 @dataclass
 class SamplingConfig:
-    """Motion-guided DDPM sampling (spec §5.6-5.7)."""
+    """Motion-guided DDPM sampling (docs/algorithm.md §5-6)."""
 
     steps: int = 50
     guidance_scale: float = 10.0
-    guidance_variant: str = "reference"
-    tile_size: int = 64
-    tile_overlap: int = 32
+    guidance_variant: str = "authors"
+    latent_tile_size: int = 64
+    latent_tile_overlap: int = 32
     tile_batch: int = 1
     seed: int = 42
 
     def __post_init__(self) -> None:
-        _choice("sampling.guidance_variant", self.guidance_variant, ("reference", "corrected"))
+        _choice("sampling.guidance_variant", self.guidance_variant, ("authors", "fixed"))
         if self.steps < 1 or self.tile_batch < 1:
             raise ValueError("sampling.steps and sampling.tile_batch must be >= 1")
 
 
 @dataclass
 class FlowConfig:
-    """Optical flow on the LR frames and the occlusion check (spec §5.3-5.4)."""
+    """Optical flow on the LR frames and the occlusion check (docs/algorithm.md §4)."""
 
     method: str = "raft"
     weights: str | None = None
@@ -137,17 +137,17 @@ class FlowConfig:
 
 @dataclass
 class DecodeConfig:
-    """Temporal-VAE encoding/decoding in pixel tiles, and the colour fix (spec §5.5, §5.8)."""
+    """Temporal-VAE encoding/decoding in pixel tiles, and the colour fix (docs/algorithm.md §5, §7)."""
 
-    dec_w: float = 1.0
+    cfw_weight: float = 1.0
     tile_size: int = 960
-    tile_overlap: int = 192
+    tile_stride: int = 768
     color_fix: str = "adain"
 
     def __post_init__(self) -> None:
         _choice("decode.color_fix", self.color_fix, ("adain", "wavelet", "none"))
-        if self.tile_size % 8 or self.tile_overlap % 8 or not 0 <= self.tile_overlap < self.tile_size:
-            raise ValueError("decode.tile_size and decode.tile_overlap must be multiples of 8, overlap < size")
+        if self.tile_size % 8 or self.tile_stride % 8 or not 0 < self.tile_stride <= self.tile_size:
+            raise ValueError("decode.tile_size and decode.tile_stride must be multiples of 8, 0 < stride <= size")
 
 
 @dataclass
@@ -217,11 +217,47 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> Any:
     return OmegaConf.merge(*merged, node) if merged else node
 
 
+def configs_dir() -> Path:
+    """The folder of the configs that ship with mgld: ``configs/`` of a source checkout, else the copy
+    installed in the wheel as ``mgld.configs`` (the same files)."""
+    source = Path(__file__).resolve().parents[1]
+    if (source / "pyproject.toml").is_file() and (source / "configs").is_dir():
+        return source / "configs"
+    from importlib.resources import files
+
+    return Path(str(files("mgld.configs")))
+
+
+def packaged_configs() -> list[str]:
+    """Names accepted by ``--config NAME`` (``tiny``, ``infer``, ``stage1``, ``model/mgld_sd21``, …)."""
+    root = configs_dir()
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+
+
+def resolve_config(name: str | Path) -> Path:
+    """A config file from a path, or from the name of a packaged config (``tiny`` -> ``configs/tiny.yaml``).
+
+    An existing path wins; otherwise ``name`` (with or without ``.yaml``, with or without a leading
+    ``configs/``) is looked up among the packaged configs.
+    """
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    rel = Path(*path.parts[1:]) if path.parts[:1] == ("configs",) else path
+    candidate = configs_dir() / (rel if rel.suffix in (".yaml", ".yml") else rel.with_suffix(".yaml"))
+    if not path.is_absolute() and candidate.is_file():
+        return candidate
+    raise FileNotFoundError(f"config not found: {name} (neither a file nor a packaged config; "
+                            f"packaged: {', '.join(packaged_configs())})")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, schema: type[T] = Config) -> T:
-    """Schema defaults <- YAML (with ``_base_``) <- ``key=value`` overrides -> a typed dataclass."""
+    """Schema defaults <- YAML (with ``_base_``) <- ``key=value`` overrides -> a typed dataclass.
+
+    ``path`` is a file or the name of a packaged config (:func:`resolve_config`)."""
     cfg = OmegaConf.structured(schema)
     if path is not None:
-        cfg = OmegaConf.merge(cfg, read_yaml(Path(path)))
+        cfg = OmegaConf.merge(cfg, read_yaml(resolve_config(path)))
     if overrides:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     return OmegaConf.to_object(cfg)

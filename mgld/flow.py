@@ -1,4 +1,4 @@
-"""Optical flow for motion guidance: estimators, warping, resizing and occlusion masks (spec §0, §5.3-5.4).
+"""Optical flow for motion guidance: estimators, warping, resizing and occlusion masks (docs/algorithm.md §1, §4).
 
 Conventions, fixed once for the whole package:
 
@@ -15,7 +15,7 @@ Conventions, fixed once for the whole package:
 
   :func:`compute_flows` returns ``(W, B)`` in that order, like the authors' ``compute_flow``.
 * Occlusion masks are float {0, 1} with 1 = occluded. ``fwd_occ_i = occlusion_mask(B_i, W_i)`` lives on
-  grid i, ``bwd_occ_i = occlusion_mask(W_i, B_i)`` on grid i+1 (§5.4).
+  grid i, ``bwd_occ_i = occlusion_mask(W_i, B_i)`` on grid i+1 (docs/algorithm.md §4).
 
 Estimators: RAFT (torchvision ``raft_large``, the authors' choice with ``raft-things`` weights), SpyNet
 (basicsr) and OpenCV DIS (weight-free, for machines without RAFT weights). Weights are read from local files
@@ -100,7 +100,7 @@ def resize_flow(flow: Tensor, size: tuple[int, int]) -> Tensor:
 def occlusion_mask(fwd: Tensor, bwd: Tensor, alpha: float = 0.01, beta: float = 0.5) -> Tensor:
     """Forward-backward consistency check: 1 where ``fwd`` and ``bwd`` disagree (occluded), else 0.
 
-    ``|fwd + warp(bwd, fwd)|₂ > alpha·(|fwd|₂ + |bwd|₂) + beta`` per pixel (spec §5.4), where ``fwd`` lives
+    ``|fwd + warp(bwd, fwd)|₂ > alpha·(|fwd|₂ + |bwd|₂) + beta`` per pixel (docs/algorithm.md §4), where ``fwd`` lives
     on the grid of its reference frame and ``bwd`` on the grid of the other frame.
 
     Shapes:
@@ -140,7 +140,7 @@ def flows_and_masks(
     alpha: float = 0.01,
     beta: float = 0.5,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Flows and occlusion masks on the latent grid, as the sampler's guidance consumes them (spec §5.3-5.4).
+    """Flows and occlusion masks on the latent grid, as the sampler's guidance consumes them (docs/algorithm.md §4).
 
     Estimates ``(W, B)`` on ``frames``, resizes both to ``latent_size`` with :func:`resize_flow`, then
     ``fwd_occ_i = occlusion_mask(B_i, W_i)`` (grid i) and ``bwd_occ_i = occlusion_mask(W_i, B_i)`` (grid i+1).
@@ -223,8 +223,8 @@ def convert_raft_things_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str
 
 
 def _load_state_dict(path: Path) -> dict[str, Tensor]:
-    """Tensors of a weights file, read safely by :mod:`mgld.checkpoints` (basicsr's ``params`` unwrapped)."""
-    from mgld.checkpoints import load_state_dict_file
+    """Tensors of a weights file, read safely by :mod:`mgld.weights.checkpoints` (basicsr's ``params`` unwrapped)."""
+    from mgld.weights.checkpoints import load_state_dict_file
 
     return load_state_dict_file(path, nested_keys=("params", "state_dict"))
 
@@ -244,7 +244,8 @@ class RaftEstimator(nn.Module):
     """torchvision ``raft_large`` behind the package's flow convention.
 
     ``input_range="unit"`` feeds images in [0, 1], as the authors' RAFT_SR did (its ``2·x − 1`` line is
-    commented out, spec §5.3, §9.11) and so what the released MGLD model was run with; ``"symmetric"`` feeds
+    commented out, docs/algorithm.md §4, docs/differences.md) and so what the released MGLD model was run with;
+    ``"symmetric"`` feeds
     ``2·x − 1`` as RAFT was trained. Inputs are replicate-padded (centred, like RAFT's ``InputPadder``) to a
     multiple of 8, and to at least 128 px per side (torchvision's minimum), and the flow is cropped back;
     ``num_iters`` refinement steps (10 upstream).
@@ -366,7 +367,8 @@ def build_flow_estimator(
 
     ``raft``: torchvision ``raft_large``; ``weights`` is torchvision's state dict or the original
     ``raft-things.pth``; ``None`` → torchvision's C_T_V1 file in torch hub's cache. ``raft_input_range``
-    defaults to ``"unit"`` ([0, 1]), what the released model saw (§5.3). ``spynet``: basicsr ``SpyNet`` with
+    defaults to ``"unit"`` ([0, 1]), what the released model saw (docs/algorithm.md §4). ``spynet``: basicsr
+    ``SpyNet`` with
     ``spynet_sintel_final-3d2a1287.pth``. ``dis``: OpenCV DIS, weight-free (``weights`` must be None).
     Missing weight files raise ``FileNotFoundError``; nothing is downloaded.
     """

@@ -1,73 +1,12 @@
 #!/usr/bin/env python
-"""Time and peak memory of each inference stage, as a table (and JSON).
+"""`python scripts/benchmark.py ...` is `mgld benchmark ...` (mgld/cli/benchmark.py).
 
-Writes a synthetic LR clip (a panned texture) of --frames frames of --size to a temporary folder and runs the
-real streaming inference on it (reading and writing files), with a profiler on the stages: flow, VAE encode,
-encoder+UNet, guidance, VAE decode. Reports seconds per output frame, guidance time relative to the UNet per step
-(target <= 5%), and, with --memory-frames A,B, the peak memory of runs on A and on B frames (streaming: the ratio
-should stay near 1).
-
-    python scripts/benchmark.py --config configs/tiny.yaml --size 64x64 --frames 10 --steps 2
-    python scripts/benchmark.py --config configs/infer.yaml --random-weights --size 64x64 --frames 5 --steps 2 \
-        infer.min_short_side=0
-    python scripts/benchmark.py --config configs/tiny.yaml --memory-frames 10,100 --json bench.json
+Kept so that documented commands keep working from a source checkout.
 """
 
-from __future__ import annotations
-
-import argparse
-import json
-import logging
 import sys
-import tempfile
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("flow", "vae_encode", "encoder+unet", "guidance", "vae_decode")
-
-
-def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path, default=ROOT / "configs" / "tiny.yaml", help="config (default: %(default)s)")
-    p.add_argument("--size", default="64x64", help="LR frame size HxW (default: %(default)s)")
-    p.add_argument("--frames", type=int, default=10, help="frames in the clip (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the config's)")
-    p.add_argument("--device", default=None, help="device (default: the config's)")
-    p.add_argument("--precision", default=None, help="fp32 | fp16 | bf16 | auto (default: the config's)")
-    p.add_argument("--random-weights", action="store_true", help="random networks (no weight files needed)")
-    p.add_argument("--memory-frames", default=None, metavar="A,B",
-                   help="also compare the peak memory of runs on A and B frames")
-    p.add_argument("--json", type=Path, default=None, help="write the results to this JSON file")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from mgld.benchmark import benchmark, memory_scaling, table
-    from mgld.config import load_config
-
-    overrides = list(args.overrides)
-    overrides += [f"sampling.steps={args.steps}"] if args.steps else []
-    overrides += [f"infer.device={args.device}"] if args.device else []
-    overrides += [f"infer.precision={args.precision}"] if args.precision else []
-    overrides += ["infer.random_weights=true"] if args.random_weights else []
-    cfg = load_config(args.config, overrides)
-    height, width = (int(v) for v in args.size.lower().split("x"))
-    with tempfile.TemporaryDirectory(prefix="mgld-bench-") as tmp:
-        result = benchmark(cfg, height, width, args.frames, Path(tmp))
-        print(table(result))
-        if args.memory_frames:
-            a, b = (int(v) for v in args.memory_frames.split(","))
-            scaling = memory_scaling(cfg, height, width, (a, b), Path(tmp))
-            result["memory_scaling"] = scaling
-            print(f"\npeak memory: {a} frames {scaling[str(a)] / 2**20:.0f} MiB, {b} frames "
-                  f"{scaling[str(b)] / 2**20:.0f} MiB, ratio {scaling['ratio']:.3f}")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
-    return 0
-
+from mgld.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["benchmark", *sys.argv[1:]]))

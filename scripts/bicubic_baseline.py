@@ -1,32 +1,12 @@
-"""Bicubic x4 baseline: upscale every LR frame with OpenCV INTER_CUBIC, keeping the folder layout and file stems.
+#!/usr/bin/env python
+"""`python scripts/bicubic_baseline.py ...` is `mgld bicubic ...` (mgld/cli/bicubic.py).
 
-    python scripts/bicubic_baseline.py --lr data/REDS4/LR_rbv --out out/bicubic
-
-The result is a method folder for scripts/evaluate.py (--pred bicubic=out/bicubic), so every table has a
-reference row.
+Kept so that documented commands keep working from a source checkout.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
 
-from mgld.evaluation import upscale_bicubic
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lr", required=True, metavar="ROOT", help="folder of LR sequences")
-    parser.add_argument("--out", required=True, metavar="ROOT", help="folder for the upscaled sequences")
-    parser.add_argument("--scale", type=int, default=4, help="upscaling factor (default: %(default)s)")
-    args = parser.parse_args(argv)
-    try:
-        names = upscale_bicubic(args.lr, args.out, args.scale)
-    except (ValueError, OSError) as err:
-        raise SystemExit(f"error: {err}") from None
-    print(f"bicubic x{args.scale}: {len(names)} sequences -> {args.out}")
-    return 0
-
+from mgld.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["bicubic", *sys.argv[1:]]))

@@ -1,47 +1,12 @@
 #!/usr/bin/env python
-"""Download the released MGLD-VSR weights with huggingface_hub and convert them once.
+"""`python scripts/download_weights.py ...` is `mgld download ...` (mgld/cli/download.py).
 
-Files (from --repo-id, by default a public mirror of the authors' release): mgldvsr_unet.ckpt
-(stage 1, ~6.7 GB), video_vae_cfw.ckpt (video VAE, ~0.8 GB) and raft-things.pth (RAFT flow).
-They land in DEST/official/; the converted folder in DEST/mgld-vsr/, where scripts/infer.py looks.
-Offline, or when the repo cannot be reached, it stops and says which files to put where.
+Kept so that documented commands keep working from a source checkout.
 """
 
-from __future__ import annotations
-
-import argparse
-import logging
 import sys
-from pathlib import Path
 
-from mgld.hub import DEFAULT_REPO_ID, OFFICIAL_FILES, download_official, mgld_home
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repo-id", default=DEFAULT_REPO_ID, help="Hugging Face Hub repo (default: %(default)s)")
-    parser.add_argument("--dest", type=Path, default=None,
-                        help=f"weights home (default: $MGLD_HOME or {mgld_home()})")
-    for role, name in OFFICIAL_FILES.items():
-        parser.add_argument(f"--{role}-file", default=name, help="file name in the repo (default: %(default)s)")
-    parser.add_argument("--no-convert", action="store_true", help="only download, do not convert")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-
-    dest = args.dest or mgld_home()
-    files = {role: getattr(args, f"{role}_file") for role in OFFICIAL_FILES}
-    try:
-        paths = download_official(dest / "official", args.repo_id, files)
-    except RuntimeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    if not args.no_convert:
-        from mgld.weights import convert_official
-
-        out = convert_official(dest / "mgld-vsr", stage1=paths["stage1"], vae=paths["vae"])
-        logging.info("converted weights in %s; RAFT weights in %s", out, paths["raft"])
-    return 0
-
+from mgld.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["download", *sys.argv[1:]]))

@@ -1,76 +1,12 @@
-"""Train MGLD-VSR stage 1 (diffusion: SFT + temporal layers + time-aware encoder) or stage 2 (temporal VAE decoder).
+#!/usr/bin/env python
+"""`python scripts/train.py ...` is `mgld train ...` (mgld/cli/train.py).
 
-    python scripts/train.py --config configs/stage1.yaml init.sd_checkpoint=/weights/v2-1_512-ema-pruned.ckpt \
-        data.root=/data/REDS/train_sharp output_dir=runs/stage1 trainer.devices=8
-    python scripts/train.py --config configs/stage1.yaml output_dir=runs/stage1 --resume
-
-The stage comes from the config's ``stage`` key. Everything is configured in the YAML (schema:
-mgld/training/config.py); ``key=value`` overrides change any key. See mgld/training/runner.py for the run folder.
+Kept so that documented commands keep working from a source checkout.
 """
 
-from __future__ import annotations
-
-import argparse
-import logging
 import sys
 
-EPILOG = """\
-overrides (key=value, OmegaConf dotlist, any key of the config; common ones):
-  output_dir=PATH                the run folder (config.yaml, checkpoints/, tb/, weights/)
-  data.root=PATH                 training clips: sequence folders <seq>/<frame>.png (stage 2: GT clips)
-  data.generated_root=PATH       stage 2: the lq/ and latents/ folders of scripts/generate_latents.py
-  init.sd_checkpoint=PATH        SD 2.1-base: v2-1_512-ema-pruned.ckpt or a diffusers folder
-  trainer.max_steps=N            optimizer steps (stage 2: generator updates)
-  trainer.devices=N trainer.num_nodes=N trainer.strategy=ddp     multi-GPU / multi-node (Lightning DDP)
-  trainer.precision=bf16-mixed   mixed precision; stage1.gradient_checkpointing=true saves memory
-  data.batch_size=N optim.accumulate_grad_batches=N optim.lr=X
-  stage1.timesteps=frame stage1.train_temporal_norm=false stage1.mid_from_sd=false   the authors' stage-1 run
-  losses.consistency_variant=reference losses.flow.method=spynet   the authors' stage-2 loss
-
-examples:
-  python scripts/train.py --config configs/tiny_stage1.yaml data.root=clips output_dir=runs/tiny trainer.max_steps=4
-  python scripts/train.py --config configs/stage2.yaml --print-config losses.lpips=0
-"""
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Train MGLD-VSR stage 1 or stage 2 from a YAML config (the stage is the config's 'stage' key).",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--config", required=True, metavar="YAML",
-                        help="training config: configs/stage1.yaml, configs/stage2.yaml or a tiny_* config")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in output_dir from checkpoints/last.ckpt (same step, same optimizer "
-                             "state); without it, an output_dir that already holds a run is refused")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved config (YAML, overrides applied) and exit without training")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="config overrides, e.g. data.root=/data/REDS/train_sharp trainer.max_steps=1000")
-    args = parser.parse_args(argv)
-    bad = [o for o in args.overrides if "=" not in o]
-    if bad:
-        parser.error(f"overrides must be key=value, got {bad}")
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from mgld.config import to_yaml
-    from mgld.training.config import load_train_config
-
-    cfg = load_train_config(args.config, args.overrides)
-    if args.print_config:
-        print(to_yaml(cfg), end="")
-        return 0
-    from mgld.training.runner import train
-
-    run_dir = train(cfg, resume=args.resume)
-    print(f"run folder: {run_dir} (checkpoints/, tb/, weights/)")
-    return 0
-
+from mgld.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["train", *sys.argv[1:]]))

@@ -1,8 +1,8 @@
 """The benchmark's bookkeeping (not its timings): every stage is seen the expected number of times."""
 
 from conftest import ROOT
-from mgld.benchmark import STAGES, benchmark, table, write_panned_clip
 from mgld.config import load_config
+from mgld.perf.benchmark import STAGES, benchmark, table, write_panned_clip
 
 
 def test_benchmark_counts_every_stage(tmp_path):

@@ -9,7 +9,9 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import KEYS_DIR, ROOT, load_oracle
-from mgld.checkpoints import (
+from mgld.config import ModelConfig
+from mgld.models import build_denoiser, build_vae
+from mgld.weights.checkpoints import (
     DENOISER_FILE,
     CheckpointError,
     check_state_dict,
@@ -17,11 +19,9 @@ from mgld.checkpoints import (
     load_torch_file,
     save_model_folder,
 )
-from mgld.config import ModelConfig
-from mgld.convert import ConversionError, official_denoiser_state_dict, official_vae_state_dict
-from mgld.models import build_denoiser, build_vae
-from mgld.text_context import empty_prompt_ids
-from mgld.weights import convert_official, init_denoiser_from_sd, init_vae_from_sd, load_denoiser, load_vae
+from mgld.weights.convert import ConversionError, official_denoiser_state_dict, official_vae_state_dict
+from mgld.weights.loading import convert_official, init_denoiser_from_sd, init_vae_from_sd, load_denoiser, load_vae
+from mgld.weights.text_context import empty_prompt_ids
 from official_factory import (
     official_stage1_state_dict,
     openclip_penultimate,

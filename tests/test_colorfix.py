@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mgld.colorfix import adain_color_fix, color_fix, wavelet_color_fix, wavelet_decomposition
+from mgld.pipeline.colorfix import adain_color_fix, color_fix, wavelet_color_fix, wavelet_decomposition
 
 
 def test_adain_gives_the_reference_statistics():

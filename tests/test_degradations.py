@@ -1,4 +1,4 @@
-"""RealBasicVSR degradation (spec §6.1): each op does what its config says, the codec really
+"""RealBasicVSR degradation (docs/training.md §2): each op does what its config says, the codec really
 round-trips, the whole pipeline is deterministic per seed."""
 
 import json

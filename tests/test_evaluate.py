@@ -11,17 +11,14 @@ import numpy as np
 import pytest
 from skimage import data
 
-from mgld import evaluation as E
+from mgld.eval import evaluation as E
 
 ROOT = Path(__file__).resolve().parents[1]
 DX = 3  # horizontal pan, pixels per frame
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"mgld.cli.{name}")
 
 
 def _tree_digest(root: Path) -> dict[str, str]:

@@ -1,29 +1,29 @@
-"""Motion-guidance loss (both variants, against the spec's formulas written out) and the guided update."""
+"""Motion-guidance loss (both variants, against docs/algorithm.md §6 written out) and the guided update."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from mgld.diffusion.guidance import guidance_step, warping_loss
 from mgld.flow import flow_warp, occlusion_mask
-from mgld.guidance import guidance_step, warping_loss
 
 
 def _explicit_loss(z, flow_f, flow_b, fwd_occ, bwd_occ, variant):
-    """Spec §5.7 term by term with Python loops (b = 1): z (t, c, h, w); flows (1, t-1, 2, h, w)."""
+    """docs/algorithm.md §6 term by term with Python loops (b = 1): z (t, c, h, w); flows (1, t-1, 2, h, w)."""
     t = z.shape[0]
     warp = lambda frame, flow: flow_warp(frame[None], flow[None])[0]  # noqa: E731
     loss = z.new_zeros(())
     for i in range(t - 1):  # frame i+1 aligned to frame i, masked by fwd_occ_i
         m = 1 - fwd_occ[0, i]
-        if variant == "corrected":
+        if variant == "fixed":
             target = warp(z[i + 1], flow_b[0, i])
         else:
             target = warp(z[i + 1], flow_b[0, i + 1]) if i <= t - 3 else torch.zeros_like(z[i])
         loss = loss + F.l1_loss(m * target, m * z[i])
     for i in range(1, t):  # frame i-1 aligned to frame i, masked by bwd_occ_{i-1}
         m = 1 - bwd_occ[0, i - 1]
-        if variant == "corrected":
+        if variant == "fixed":
             target = warp(z[i - 1], flow_f[0, i - 1])
         else:
             target = warp(z[i - 1], flow_f[0, i - 2]) if i >= 2 else torch.zeros_like(z[i])
@@ -39,7 +39,7 @@ def _random_inputs(t=4, h=10, w=12, seed=0):
     return z, (flow_f, flow_b), (fwd_occ, bwd_occ)
 
 
-@pytest.mark.parametrize("variant", ["reference", "corrected"])
+@pytest.mark.parametrize("variant", ["authors", "fixed"])
 def test_loss_equals_the_spec_formula(variant):
     z, flows, masks = _random_inputs()
     expected = _explicit_loss(z, *flows, *masks, variant)
@@ -49,7 +49,7 @@ def test_loss_equals_the_spec_formula(variant):
 def test_variants_differ_under_varying_motion():
     z, flows, masks = _random_inputs()
     assert not torch.allclose(
-        warping_loss(z, flows, masks, 4, "reference"), warping_loss(z, flows, masks, 4, "corrected")
+        warping_loss(z, flows, masks, 4, "authors"), warping_loss(z, flows, masks, 4, "fixed")
     )
 
 
@@ -58,15 +58,15 @@ def test_static_frames_reference_penalises_magnitude():
     z = frame.expand(5, 4, 8, 8).contiguous()
     flows = (torch.zeros(1, 4, 2, 8, 8),) * 2
     masks = (torch.zeros(1, 4, 1, 8, 8),) * 2
-    # the zero targets of frames t-2 and 1 give 2·mean|z| (spec §5.7); the intended loss is 0
-    torch.testing.assert_close(warping_loss(z, flows, masks, 5, "reference"), 2 * frame.abs().mean())
-    assert warping_loss(z, flows, masks, 5, "corrected").item() < 1e-6  # warp grid rounding only
+    # the zero targets of frames t-2 and 1 give 2·mean|z| (docs/algorithm.md §6); the intended loss is 0
+    torch.testing.assert_close(warping_loss(z, flows, masks, 5, "authors"), 2 * frame.abs().mean())
+    assert warping_loss(z, flows, masks, 5, "fixed").item() < 1e-6  # warp grid rounding only
 
 
 def test_fully_occluded_frames_give_no_loss_and_no_update():
     z, flows, _ = _random_inputs()
     masks = (torch.ones(1, 3, 1, 10, 12),) * 2
-    new, loss = guidance_step(z, flows, masks, scale=10.0, log_variance=-2.0, variant="reference")
+    new, loss = guidance_step(z, flows, masks, scale=10.0, log_variance=-2.0, variant="authors")
     assert loss.item() == 0.0 and torch.equal(new, z)
 
 
@@ -87,11 +87,11 @@ def _translating_sequence(t=4, h=16, w=16, shift=1.0, seed=0):
 
 def test_corrected_guidance_lowers_the_warping_error():
     clean, noisy, flows, masks = _translating_sequence()
-    assert warping_loss(clean, flows, masks, 4, "corrected").item() < 1e-5  # consistent: the loss sees motion
-    before = warping_loss(noisy, flows, masks, 4, "corrected")
+    assert warping_loss(clean, flows, masks, 4, "fixed").item() < 1e-5  # consistent: the loss sees motion
+    before = warping_loss(noisy, flows, masks, 4, "fixed")
     with torch.no_grad():
-        new, loss = guidance_step(noisy, flows, masks, scale=10.0, log_variance=-4.6, variant="corrected")
-    after = warping_loss(new, flows, masks, 4, "corrected")
+        new, loss = guidance_step(noisy, flows, masks, scale=10.0, log_variance=-4.6, variant="fixed")
+    after = warping_loss(new, flows, masks, 4, "fixed")
     torch.testing.assert_close(loss, before)
     assert after < 0.9 * before
 
@@ -99,7 +99,7 @@ def test_corrected_guidance_lowers_the_warping_error():
 def test_update_is_scale_times_abs_log_variance_times_gradient():
     z, flows, masks = _random_inputs()
     zz = z.clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(warping_loss(zz, flows, masks, 4, "reference"), zz)
+    (grad,) = torch.autograd.grad(warping_loss(zz, flows, masks, 4, "authors"), zz)
     with torch.no_grad():
         new, _ = guidance_step(z, flows, masks, scale=10.0, log_variance=torch.tensor([-46.0517]))
     torch.testing.assert_close(new, z - 460.517 * grad)

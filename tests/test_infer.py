@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
-from mgld.checkpoints import CheckpointError, save_model_folder
 from mgld.config import load_config
-from mgld.data.video_io import FrameWriter, InputError
-from mgld.inference import run
-from mgld.pipeline import MGLDPipeline
+from mgld.io.sequences import FrameWriter, InputError
+from mgld.pipeline.pipeline import MGLDPipeline
+from mgld.pipeline.runner import run
+from mgld.weights.checkpoints import CheckpointError, save_model_folder
 from test_video_io import H, W, make_video, read_video, save_frames
 
 TINY = ROOT / "configs" / "tiny.yaml"

@@ -1,4 +1,4 @@
-"""Stage-2 loss terms on small hand-made inputs (spec §4.4), and the PatchGAN discriminator."""
+"""Stage-2 loss terms on small hand-made inputs (docs/training.md §5), and the PatchGAN discriminator."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import torch
 from einops import rearrange
 
 from mgld.flow import flow_warp, occlusion_mask
-from mgld.losses import (
+from mgld.models.discriminator import PatchDiscriminator
+from mgld.training.losses import (
     LPIPSLoss,
     frame_difference_loss,
     generator_adversarial_loss,
@@ -17,7 +18,6 @@ from mgld.losses import (
     structure_consistency_loss,
     structure_weight,
 )
-from mgld.models.discriminator import PatchDiscriminator
 
 T = 5
 
@@ -97,10 +97,10 @@ def test_consistency_loss_intended_is_zero_for_consistent_motion_and_grows_with_
 
 def test_consistency_loss_reference_form_has_the_authors_zero_terms():
     """Reference (swapped) form on constant motion, output = GT: every warped term vanishes except the two
-    zero targets (spec §5.7: frame T-2 in the first sum, frame 1 in the second)."""
+    zero targets (docs/algorithm.md §6: frame T-2 in the first sum, frame 1 in the second)."""
     est = GlobalShiftEstimator()
     gt = translating_clip((1, 0))
-    loss = structure_consistency_loss(gt, gt, T, est, variant="reference")
+    loss = structure_consistency_loss(gt, gt, T, est, variant="authors")
     flows_b = est(gt[:-1], gt[1:])  # B_i
     flows_f = est(gt[1:], gt[:-1])  # W_i
     occ_a, occ_b = occlusion_mask(flows_b, flows_f), occlusion_mask(flows_f, flows_b)
@@ -111,7 +111,7 @@ def test_consistency_loss_reference_form_has_the_authors_zero_terms():
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     # its only gradient path is the flow of x̂: a non-differentiable estimator leaves none
     pred = gt.clone().requires_grad_(True)
-    assert not structure_consistency_loss(pred, gt, T, est, variant="reference").requires_grad
+    assert not structure_consistency_loss(pred, gt, T, est, variant="authors").requires_grad
     # sanity of the test estimator: warping frame i+1 with B_i reproduces frame i inside the view
     torch.testing.assert_close(flow_warp(gt[1:], flows_b)[..., 4:-4, 4:-4], gt[:-1][..., 4:-4, 4:-4])
 
@@ -148,7 +148,7 @@ def test_patch_discriminator_layout_and_init():
 
 
 def test_consistency_reference_form_gradient_goes_through_the_flow_only():
-    from mgld.losses import build_loss_flow_estimator
+    from mgld.training.losses import build_loss_flow_estimator
 
     gt = translating_clip((1, 0))
     pred = (gt + 0.05 * torch.randn_like(gt)).requires_grad_(True)
@@ -156,7 +156,7 @@ def test_consistency_reference_form_gradient_goes_through_the_flow_only():
     def differentiable_flow(ref, sup):  # small flows that depend smoothly on the frames
         return 0.5 * (ref - sup).mean(1, keepdim=True).repeat(1, 2, 1, 1)
 
-    loss = structure_consistency_loss(pred, gt, T, differentiable_flow, variant="reference")
+    loss = structure_consistency_loss(pred, gt, T, differentiable_flow, variant="authors")
     loss.backward()
     assert loss.item() > 0 and pred.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="only available for SpyNet"):

@@ -1,13 +1,13 @@
-"""Metrics (spec §8): PSNR/SSIM against scikit-image and basicsr, E_warp, flicker, NIQE, offline skipping."""
+"""Metrics (docs/evaluation.md): PSNR/SSIM against scikit-image and basicsr, E_warp, flicker, NIQE, offline skipping."""
 
 import numpy as np
 import pytest
 import torch
 from skimage import color, data, metrics
 
-from mgld import metrics as M
 from mgld._compat import import_basicsr
-from mgld.evaluation import EvalSettings, build_metrics, panning_sequence
+from mgld.eval import metrics as M
+from mgld.eval.evaluation import EvalSettings, build_metrics, panning_sequence
 
 VELOCITY = (1, 3)  # (dy, dx) pixels per frame
 

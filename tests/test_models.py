@@ -128,8 +128,8 @@ def test_vae_shapes_fusion_weight_and_identity_temporal(tiny_model_cfg):
         z = posterior.mode()
         assert z.shape == (3, 4, 8, 6)
         assert [tuple(f.shape) for f in feats] == [(3, 32, 32, 24), (3, 32, 16, 12)]
-        fused = vae.decode(z, feats, num_frames=3, fusion_w=1.0)
-        plain = vae.decode(z, feats, num_frames=3, fusion_w=0.0)
+        fused = vae.decode(z, feats, num_frames=3, cfw_weight=1.0)
+        plain = vae.decode(z, feats, num_frames=3, cfw_weight=0.0)
         sd_decoder = vae.base.decode(z).sample  # alpha = 0: temporal layers are identities
     assert fused.shape == (3, 3, 64, 48)
     torch.testing.assert_close(plain, sd_decoder, atol=1e-5, rtol=1e-5)

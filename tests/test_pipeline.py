@@ -6,15 +6,16 @@ import pytest
 import torch
 
 from conftest import ROOT
-from mgld.checkpoints import save_model_folder
 from mgld.config import load_config
+from mgld.diffusion.guidance import warping_loss
+from mgld.diffusion.noise import FrameNoise
+from mgld.diffusion.sampling import MotionGuidance, sample
+from mgld.diffusion.schedule import respaced_schedule
 from mgld.flow import build_flow_estimator, flows_and_masks
-from mgld.guidance import warping_loss
-from mgld.inference import plan_chunks
 from mgld.models import build_denoiser
-from mgld.pipeline import MGLDPipeline
-from mgld.sampling import FrameNoise, MotionGuidance, sample
-from mgld.schedule import respaced_schedule
+from mgld.pipeline.chunks import plan_chunks
+from mgld.pipeline.pipeline import MGLDPipeline
+from mgld.weights.checkpoints import save_model_folder
 
 TINY = ROOT / "configs" / "tiny.yaml"
 
@@ -103,11 +104,11 @@ def test_corrected_guidance_lowers_the_latent_warping_error(tiny_model_cfg):
     schedule = respaced_schedule(10)
     losses = {}
     for scale in (0.0, 10.0):
-        guidance = MotionGuidance((flow_f, flow_b), (fwd, bwd), scale, "corrected")
+        guidance = MotionGuidance((flow_f, flow_b), (fwd, bwd), scale, "fixed")
         with torch.no_grad():
             z0, _ = sample(denoiser, schedule, z_lr, FrameNoise(1, list(range(5)), (4, 10, 16)),
                            guidance=guidance, tile_size=16, tile_overlap=8)
-        losses[scale] = warping_loss(z0, (flow_f, flow_b), (fwd, bwd), 5, "corrected").item()
+        losses[scale] = warping_loss(z0, (flow_f, flow_b), (fwd, bwd), 5, "fixed").item()
     assert losses[10.0] < 0.9 * losses[0.0], losses
 
 
@@ -122,12 +123,12 @@ def test_from_pretrained_loads_a_converted_folder(tmp_path, pipe):
 def test_missing_weights_give_the_commands(tmp_path, monkeypatch):
     monkeypatch.setenv("MGLD_HOME", str(tmp_path))
     cfg = load_config(TINY, ["infer.random_weights=false"])
-    with pytest.raises(FileNotFoundError, match=r"(?s)download_weights\.py.*convert_checkpoint\.py --stage1"):
+    with pytest.raises(FileNotFoundError, match=r"(?s)mgld download.*mgld convert --stage1"):
         MGLDPipeline.from_config(cfg)
 
 
 def test_work_split_across_processes():
-    from mgld.inference import split_chunks, split_work
+    from mgld.pipeline.chunks import split_chunks, split_work
 
     assert [split_work(list("abcde"), r, 2) for r in (0, 1)] == [list("ace"), list("bd")]
     chunks = plan_chunks(23, 5, 0)
@@ -173,7 +174,8 @@ def test_pixel_tiling_places_and_blends_tiles_exactly(pipe, monkeypatch):
     results = []
     for tile in (512, 192):
         p = MGLDPipeline(pipe.denoiser, vae,
-                         replace(pipe.config, decode=replace(pipe.config.decode, tile_size=tile, tile_overlap=64)))
+                         replace(pipe.config, decode=replace(pipe.config.decode, tile_size=tile,
+                                                             tile_stride=tile - 64)))
         z, feats = p.encode(up, noise)
         results.append((len(p._pixel_boxes(up)), z, p.decode(z, up, feats)))
     (n_whole, z_whole, x_whole), (n_tiled, z_tiled, x_tiled) = results

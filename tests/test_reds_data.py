@@ -1,4 +1,4 @@
-"""Training data: REDS-style clip dataset (spec §6.1) and the stage-2 (GT, LQ, latents) dataset (spec §6.3)."""
+"""Training data: the REDS-style clip dataset (docs/training.md §2) and the stage-2 dataset (§4)."""
 
 from __future__ import annotations
 

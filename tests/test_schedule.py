@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from mgld.schedule import RespacedSchedule, make_scheduler, respaced_schedule, space_timesteps
+from mgld.diffusion.schedule import RespacedSchedule, make_scheduler, respaced_schedule, space_timesteps
 
 FIXTURES = Path(__file__).parent / "fixtures" / "oracle"
 
-# spec §1.5, space_timesteps(1000, [50])
+# docs/algorithm.md §3, space_timesteps(1000, [50])
 SPEC_TIMESTEPS_50 = [
     0, 20, 41, 61, 82, 102, 122, 143, 163, 183, 204, 224, 245, 265, 285, 306, 326, 347, 367, 387,
     408, 428, 449, 469, 489, 510, 530, 550, 571, 591, 612, 632, 652, 673, 693, 714, 734, 754, 775, 795,
@@ -34,7 +34,7 @@ def test_timesteps_are_the_spec_list(schedule):
 
 
 def test_guidance_step_sizes_match_the_spec_table(schedule):
-    # spec §5.6d: 10·|log σ̃²_k| per respaced step, and their sum
+    # docs/algorithm.md §6: 10·|log σ̃²_k| per respaced step, and their sum
     table = {49: 15.53, 40: 17.78, 30: 21.52, 20: 26.40, 10: 33.24, 5: 38.86, 2: 46.10, 1: 71.16, 0: 460.52}
     for k, size in table.items():
         assert 10 * abs(schedule.log_variance(k)) == pytest.approx(size, abs=0.006), k

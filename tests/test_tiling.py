@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mgld.tiling import TileBox, blend_tiles, feather_weights, gaussian_weights, tile_boxes, tile_starts
+from mgld.diffusion.tiling import TileBox, blend_tiles, feather_weights, gaussian_weights, tile_boxes, tile_starts
 
 FIXTURES = Path(__file__).parent / "fixtures" / "oracle"
 

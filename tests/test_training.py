@@ -9,7 +9,6 @@ consistency loss uses OpenCV DIS flow (no weights) instead of SpyNet for the sam
 from __future__ import annotations
 
 import copy
-import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,6 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from torch.utils.data import default_collate
 
-from mgld.checkpoints import CheckpointError, load_state_dict_file
 from mgld.config import load_config
 from mgld.models import build_denoiser, build_vae
 from mgld.models.discriminator import PatchDiscriminator
@@ -28,6 +26,7 @@ from mgld.training import Stage1System, Stage2Loss, Stage2System, build_stage1, 
 from mgld.training.config import load_train_config
 from mgld.training.data import write_synthetic_sequences, write_synthetic_stage2
 from mgld.training.runner import prepare_run_dir
+from mgld.weights.checkpoints import CheckpointError, load_state_dict_file
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -107,7 +106,7 @@ def stage1_run(data, tmp_path_factory):
 def test_stage1_trains_checkpoints_and_logs(stage1_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from mgld.weights import load_denoiser
+    from mgld.weights.loading import load_denoiser
 
     cfg, run_dir, initial = stage1_run
     names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
@@ -332,7 +331,8 @@ def test_cli_help_and_print_config(capsys):
     help_text = run.stdout
     for flag in ("--config", "--resume", "--print-config", "key=value", "data.root", "trainer.max_steps", "output_dir"):
         assert flag in help_text
-    main = runpy.run_path(str(script), run_name="train_cli")["main"]
+    from mgld.cli.train import main
+
     assert main(["--config", str(CONFIGS / "tiny_stage2.yaml"), "--print-config", "trainer.max_steps=9"]) == 0
     printed = capsys.readouterr().out
     assert "stage: 2" in printed and "max_steps: 9" in printed and "model_channels: 32" in printed
@@ -344,7 +344,7 @@ def test_generate_latents_writes_stage2_inputs_and_resumes(tmp_path):
     from mgld.config import Config
     from mgld.data.degradations import RealBasicVSRDegradation
     from mgld.data.stage2 import Stage2ClipDataset
-    from mgld.pipeline import MGLDPipeline
+    from mgld.pipeline.pipeline import MGLDPipeline
     from mgld.training.latents import generate_latents
 
     cfg = load_train_config(CONFIGS / "tiny_stage1.yaml", ["sampling.steps=2", "infer.min_short_side=0"])

@@ -1,4 +1,4 @@
-"""Input discovery, streaming readers and resumable writers (mgld.data.frames / mgld.data.video_io)."""
+"""Input discovery, streaming readers and resumable writers (mgld.io.frames / mgld.io.sequences)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mgld.atomic import TEMP_SUFFIX
-from mgld.data.frames import frames_to_tensor, read_image
-from mgld.data.video_io import (
+from mgld.io.atomic import TEMP_SUFFIX
+from mgld.io.frames import frames_to_tensor, read_image
+from mgld.io.sequences import (
     FrameWriter,
     InputError,
     Sequence,

@@ -1,1 +1,1 @@
-"""Data: degradations (spec §6.1) and, later, datasets."""
+"""Data: degradations (docs/training.md §2) and, later, datasets."""

@@ -1,4 +1,4 @@
-"""RealBasicVSR-style clip degradation and USM sharpening (spec §6.1).
+"""RealBasicVSR-style clip degradation and USM sharpening (docs/training.md §2).
 
 The low-quality clip is made from the ground-truth clip by two stages of
 ``blur -> resize -> noise -> JPEG -> video codec`` followed by a final resize (to the
@@ -7,7 +7,7 @@ clip**; the continuous parameters then take a random walk from frame to frame
 (``value += U(-step, step)``, clipped to the op's range), so the degradation drifts
 slowly along the clip as in RealBasicVSR.
 
-Numeric types follow the authors' pipeline (spec §6.1): frames stay ``uint8`` through
+Numeric types follow the authors' pipeline (docs/training.md §2): frames stay ``uint8`` through
 blur and resize (OpenCV rounds and saturates), become ``float32`` after noise (values
 may leave [0, 255]), are saturated back to ``uint8`` by the JPEG encoder and stay
 ``uint8`` through the codec, the final resize and the sinc filter.
@@ -59,7 +59,7 @@ _THIRD = (1 / 3, 1 / 3, 1 / 3)
 
 
 # --------------------------------------------------------------------------------------------------
-# Configuration (spec §6.1 table; defaults are the authors' stage-1 values)
+# Configuration (docs/training.md §2 table; defaults are the authors' stage-1 values)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -175,7 +175,7 @@ class FinalConfig:
 
 @dataclass
 class DegradationConfig:
-    """The whole RealBasicVSR degradation; defaults reproduce spec §6.1."""
+    """The whole RealBasicVSR degradation; defaults reproduce docs/training.md §2."""
 
     stage1: StageConfig = field(default_factory=StageConfig)
     stage2: StageConfig = field(default_factory=_stage2)
@@ -403,10 +403,10 @@ _STAGE_OPS = (("blur", apply_blur), ("resize", apply_resize), ("noise", apply_no
 
 
 class RealBasicVSRDegradation:
-    """Callable RealBasicVSR degradation: ``degrade(frames, rng) -> lq`` (spec §6.1).
+    """Callable RealBasicVSR degradation: ``degrade(frames, rng) -> lq`` (docs/training.md §2).
 
     Args:
-        config: ranges and probabilities; ``None`` uses the spec's values.
+        config: ranges and probabilities; ``None`` uses the authors' values (docs/training.md §2).
 
     Call:
         frames: ``t h w 3`` uint8 RGB (array or list of ``h w 3``); ``h, w`` multiples of
@@ -467,7 +467,7 @@ def _as_frame_list(frames) -> list[np.ndarray]:
 
 
 def usm_sharpen(frames: np.ndarray, weight: float = 0.5, radius: int = 51, threshold: float = 10) -> np.ndarray:
-    """Unsharp-mask the GT (spec §6.1: kernel 51, sigma from OpenCV, weight 0.5, threshold 10).
+    """Unsharp-mask the GT (docs/training.md §2: kernel 51, sigma from OpenCV, weight 0.5, threshold 10).
 
     Uses basicsr's ``usm_sharp``. ``frames``: ``... h w 3`` uint8 RGB (one frame or ``t h w 3``).
     Returns float32 in [0, 1] with the same shape (not re-quantised, so training keeps precision).

@@ -1,10 +1,11 @@
-"""Stage-1 training clips from a folder of frame sequences (REDS ``train_sharp`` layout; spec §6.1).
+"""Stage-1 training clips from a folder of frame sequences (REDS ``train_sharp`` layout; docs/training.md §2).
 
 ``root/<sequence>/<frame>.png`` (any of :data:`IMAGE_EXTENSIONS`; frames sorted by name). A clip is
 ``num_frames`` frames ``interval`` apart, starting at a *key* frame; every frame of every kept sequence is a key,
 and a clip that would run past the end of its sequence starts at a random earlier frame instead (the authors'
 ``RealVSRRecurrentDataset``). Per clip, one random crop and one horizontal flip are shared by all frames; the LQ
-clip is degraded from the crop *before* the GT is USM-sharpened (spec §6.1: ``lqs`` is a copy taken before USM).
+clip is degraded from the crop *before* the GT is USM-sharpened (docs/training.md §2: ``lqs`` is a copy taken
+before USM).
 
 Sequences listed in ``exclude`` (REDS4 by default: 000, 011, 015, 020, the test clips) are skipped, and so,
 with a warning, are sequences too short for one clip. An unreadable frame raises ``OSError`` naming the file.

@@ -1,9 +1,9 @@
-"""Stage-2 training clips: GT frames, their LQ frames and the stage-1 latents sampled from them (spec §6.3).
+"""Stage-2 training clips: GT frames, their LQ frames and the stage-1 latents sampled from them (docs/training.md §4).
 
 Three parallel folders of sequences with the same frame names::
 
     gt_root/<seq>/<frame>.png        GT frames (H x W)
-    lq_root/<seq>/<frame>.png        degraded LQ frames (H/s x W/s), as scripts/generate_latents.py writes them
+    lq_root/<seq>/<frame>.png        degraded LQ frames (H/s x W/s), as mgld generate-latents writes them
     latent_root/<seq>/<frame>.npy    stage-1 latents, 4 x H/8 x W/8 float, in diffusion space (x 0.18215)
 
 A clip is one generated segment: ``num_frames`` consecutive frames starting at a multiple of ``num_frames`` (the
@@ -67,7 +67,7 @@ class Stage2ClipDataset(Dataset):
         if missing:
             raise FileNotFoundError(
                 f"{len(missing)} LQ/latent files are missing for the GT frames of {gt_root}, e.g. {missing[:5]} "
-                "(run scripts/generate_latents.py over the GT folder first)"
+                "(run mgld generate-latents over the GT folder first)"
             )
 
     def _pair(self, name: str, frame: Path) -> tuple[Path, Path]:

@@ -1,4 +1,4 @@
-"""Controllable feature wrapping (CFW) of the temporal VAE decoder (spec §4.3).
+"""Controllable feature wrapping (CFW) of the temporal VAE decoder (docs/algorithm.md §2.3).
 
 MGLD's video decoder fuses VAE-encoder features of the LR frames into the decoder at H/4 and H/2:
 ``out = dec + w * fuse_out(dense(fuse_in(concat[enc, dec])))``. Unlike StableSR's image CFW

@@ -1,4 +1,4 @@
-"""Time-aware condition encoder (spec §3; StableSR's ``EncoderUNetModelWT``).
+"""Time-aware condition encoder (docs/algorithm.md §2.2; StableSR's ``EncoderUNetModelWT``).
 
 The encoder sees the *clean* LR latent and the diffusion timestep and returns one feature map per
 UNet resolution level; those maps drive the UNet's SFT layers. There is no diffusers equivalent, so

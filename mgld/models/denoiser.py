@@ -1,6 +1,6 @@
 """The stage-1 denoiser: time-aware encoder + video UNet + the stored empty-prompt context.
 
-MGLD always conditions on the empty prompt (spec §1.4), so the text encoder is run once, at
+MGLD always conditions on the empty prompt (docs/algorithm.md §2.4), so the text encoder is run once, at
 conversion time, and its output ``[1, L, D]`` is kept as the ``text_context`` buffer; inference and
 training never need a text encoder.
 """
@@ -67,7 +67,7 @@ class MGLDDenoiser(nn.Module):
         """Freeze the SD UNet, unfreeze SFT + temporal + encoder; return the trainable parameters.
 
         ``train_temporal_norm=False`` reproduces the authors' run, where the temporal attention's
-        LayerNorm stayed frozen at its init because its name lacks "temporal" (spec §1.6).
+        LayerNorm stayed frozen at its init because its name lacks "temporal" (docs/training.md §1).
         """
         trainable = []
         for group, params in self.parameter_groups().items():

@@ -1,4 +1,4 @@
-"""PatchGAN discriminator of stage-2 training (spec §4.4; pix2pix's ``NLayerDiscriminator``).
+"""PatchGAN discriminator of stage-2 training (docs/training.md §5; pix2pix's ``NLayerDiscriminator``).
 
 The adversarial term of the temporal-VAE decoder's loss judges each frame on its own, folded into the
 batch as ``(b t) 3 H W`` in [-1, 1]. Layout for ``num_layers = 3`` (the authors' setting)::

@@ -1,4 +1,4 @@
-"""Spatial feature transform (SFT) of the stage-1 UNet (spec §2.3; StableSR's ``SPADE``).
+"""Spatial feature transform (SFT) of the stage-1 UNet (docs/algorithm.md §2.1; StableSR's ``SPADE``).
 
 Every UNet ResNet block passes its residual branch through an SFT layer before the skip addition:
 ``out = GN(h) * (1 + gamma(s)) + beta(s)``, where ``s`` is the time-aware encoder's feature map at

@@ -1,6 +1,6 @@
 """The stage-1 denoising UNet: Stable Diffusion 2.1's UNet with SFT and middle-block temporal layers.
 
-Spec §2. ``VideoUNet`` wraps an unmodified diffusers ``UNet2DConditionModel`` (``self.base``, the
+docs/algorithm.md §2.1. ``VideoUNet`` wraps an unmodified diffusers ``UNet2DConditionModel`` (``self.base``, the
 frozen SD weights) and adds what MGLD trains:
 
 * ``self.sft``: one :class:`~mgld.models.sft.SFT` per ResNet block (22 in SD 2.1), modulating the

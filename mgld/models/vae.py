@@ -1,4 +1,4 @@
-"""Temporal VAE of stage 2: the SD VAE with a video-aware, LR-guided decoder (spec §4).
+"""Temporal VAE of stage 2: the SD VAE with a video-aware, LR-guided decoder (docs/algorithm.md §2.3).
 
 ``TemporalVAE`` wraps an unmodified diffusers ``AutoencoderKL`` (``self.base``, frozen SD weights)
 and adds what stage 2 trains:
@@ -10,7 +10,7 @@ and adds what stage 2 trains:
 
 ``encode`` returns the posterior and the features CFW needs; ``decode`` takes latents divided by
 the scaling factor (diffusers convention), those features, the number of frames and the fusion
-weight ``w`` (``dec_w``) for this call.
+weight ``w`` (``decode.cfw_weight``, the authors' ``dec_w``) for this call.
 """
 
 from __future__ import annotations
@@ -99,17 +99,17 @@ class TemporalVAE(nn.Module):
         return DiagonalGaussianDistribution(self.base.quant_conv(h)), feats
 
     def decode(
-        self, z: torch.Tensor, enc_feats: Sequence[torch.Tensor] | None, num_frames: int, fusion_w: float = 1.0
+        self, z: torch.Tensor, enc_feats: Sequence[torch.Tensor] | None, num_frames: int, cfw_weight: float = 1.0
     ) -> torch.Tensor:
         """z: ``(b t) 4 h w`` latents / scaling_factor -> ``(b t) 3 8h 8w`` in about [-1, 1].
 
-        ``enc_feats`` come from :meth:`encode` of the LR frames (None or ``fusion_w = 0`` skips CFW);
+        ``enc_feats`` come from :meth:`encode` of the LR frames (None or ``cfw_weight = 0`` skips CFW);
         all T frames of a clip must be decoded together (the temporal convs see the whole clip).
         """
         if z.shape[0] % num_frames != 0:
             raise ValueError(f"batch of {z.shape[0]} latents is not a whole number of {num_frames}-frame clips")
         decoder = self.base.decoder
-        fuse = enc_feats is not None and fusion_w != 0
+        fuse = enc_feats is not None and cfw_weight != 0
         if fuse and len(enc_feats) != len(self.fusion_levels):
             raise ValueError(f"expected {len(self.fusion_levels)} encoder feature maps, got {len(enc_feats)}")
         h = decoder.conv_in(self.base.post_quant_conv(z))
@@ -123,7 +123,7 @@ class TemporalVAE(nn.Module):
             for resnet, temporal in zip(block.resnets, self.temporal.up[k]):
                 h = temporal(resnet(h, None), num_frames)
             if fuse and level in self.fusion_levels:
-                h = self.fusion[str(level)](enc_feats[self.fusion_levels.index(level)], h, fusion_w)
+                h = self.fusion[str(level)](enc_feats[self.fusion_levels.index(level)], h, cfw_weight)
             if block.upsamplers is not None:
                 h = block.upsamplers[0](h)
         return decoder.conv_out(decoder.conv_act(decoder.conv_norm_out(h)))

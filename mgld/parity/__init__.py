@@ -3,7 +3,7 @@
 A fixture folder (``tests/fixtures/oracle``, format described in its README) holds ``config.json`` and
 one ``.pt``/``.json`` file per checked component. Each component has a check function registered in
 :data:`CHECKS` under its file name; the function runs this project's code on the fixture inputs and
-returns one :class:`ParityRow` per compared output. ``scripts/check_parity.py`` prints the rows.
+returns one :class:`ParityRow` per compared output. ``mgld parity`` prints the rows.
 """
 
 from __future__ import annotations

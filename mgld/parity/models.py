@@ -2,7 +2,7 @@
 
 The fixtures carry weights in the official checkpoint layout, so these checks exercise the
 converter as well as the networks: the fixture state dict goes through
-:func:`mgld.convert.official_denoiser_state_dict` / :func:`~mgld.convert.official_vae_state_dict`
+:func:`mgld.weights.convert.official_denoiser_state_dict` / :func:`~mgld.weights.convert.official_vae_state_dict`
 and is loaded strictly.
 """
 
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from mgld.checkpoints import load_into
 from mgld.config import CondEncoderConfig, ModelConfig, UNetConfig, VAEConfig
-from mgld.convert import official_denoiser_state_dict, official_vae_state_dict
 from mgld.models import build_denoiser, build_vae
 from mgld.parity import ParityRow, compare, load_fixture, register
+from mgld.weights.checkpoints import load_into
+from mgld.weights.convert import official_denoiser_state_dict, official_vae_state_dict
 
 
 def _require(params: dict, key: str, expected, what: str) -> None:
@@ -110,8 +110,8 @@ def check_vae(path: Path, config: dict) -> list[ParityRow]:
 @torch.no_grad()
 def check_sampling_steps(path: Path, config: dict) -> list[ParityRow]:
     """Complete sampling steps (tiled ε̂, DDPM step, guided update) with the ``unet.pt`` weights."""
-    from mgld.sampling import MotionGuidance, sampling_step
-    from mgld.schedule import respaced_schedule
+    from mgld.diffusion.sampling import MotionGuidance, sampling_step
+    from mgld.diffusion.schedule import respaced_schedule
 
     fixture = load_fixture(path)
     canvas, inputs = fixture["p_sample_canvas"], fixture["inputs"]
@@ -126,7 +126,7 @@ def check_sampling_steps(path: Path, config: dict) -> list[ParityRow]:
     z_lr = common["init_latent(struct_cond)"]
     rows = [compare("x_T", schedule.initial_latents(z_lr, noise=common["noise_for_x_T"]), common["x_T"])]
     guidance = MotionGuidance((inputs["flow_f"], inputs["flow_b"]), (inputs["fwd_occs"], inputs["bwd_occs"]),
-                              scale=-float(inputs["guidance_scale"]), variant="reference")
+                              scale=-float(inputs["guidance_scale"]), variant="authors")
     for step in canvas["steps"]:
         k = int(step["i"])
         if schedule.timestep(k) != int(step["t_replace"]):

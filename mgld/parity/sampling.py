@@ -12,11 +12,11 @@ from pathlib import Path
 import torch
 from einops import rearrange
 
-from mgld.colorfix import adain_color_fix, wavelet_color_fix
+from mgld.diffusion.guidance import guidance_step, warping_loss
+from mgld.diffusion.schedule import NUM_TRAIN_TIMESTEPS, RespacedSchedule, make_scheduler
 from mgld.flow import flow_warp, latent_flows_and_masks, occlusion_mask, resize_flow
-from mgld.guidance import guidance_step, warping_loss
 from mgld.parity import ParityRow, compare, load_fixture, register
-from mgld.schedule import NUM_TRAIN_TIMESTEPS, RespacedSchedule, make_scheduler
+from mgld.pipeline.colorfix import adain_color_fix, wavelet_color_fix
 
 _SCHEDULE_CONSTANTS = {"linear_start": 0.00085, "linear_end": 0.012, "num_train_timesteps": NUM_TRAIN_TIMESTEPS}
 
@@ -68,7 +68,7 @@ def check_occlusion(path: Path, config: dict) -> list[ParityRow]:
 
 @register("guidance.pt")
 def check_guidance(path: Path, config: dict) -> list[ParityRow]:
-    """Flow pre-processing to the latent grid, then the reference warping loss, its gradient and the update."""
+    """Flow pre-processing to the latent grid, then the authors' warping loss, its gradient and the update."""
     fixture = load_fixture(path)
     inputs, ref = fixture["inputs"], fixture["outputs"]
     latents = inputs["latents"]  # (b t) c h w, b = 1
@@ -93,7 +93,7 @@ def check_guidance(path: Path, config: dict) -> list[ParityRow]:
     # the loss and the update from the fixture's own flows and masks, so each row tests one thing
     flows, masks = (inputs["flow_f"], inputs["flow_b"]), (inputs["fwd_occs"], inputs["bwd_occs"])
     z = latents.clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(warping_loss(z, flows, masks, num_frames, "reference"), z)
+    (grad,) = torch.autograd.grad(warping_loss(z, flows, masks, num_frames, "authors"), z)
     # the authors' guidance_scale is negative (descent); ours is its magnitude with the same update
     updated, loss = guidance_step(
         latents,
@@ -101,7 +101,7 @@ def check_guidance(path: Path, config: dict) -> list[ParityRow]:
         masks,
         -inputs["guidance_scale"],
         inputs["model_log_variance"],
-        "reference",
+        "authors",
         num_frames=num_frames,
     )
     rows += [

@@ -1,4 +1,4 @@
-"""Training of both MGLD-VSR stages (spec §1.6, §4.4, §6): configs, Lightning systems, data, runner."""
+"""Training of both MGLD-VSR stages (docs/training.md §1, §4.4, §6): configs, Lightning systems, data, runner."""
 
 from mgld.training.config import Stage1TrainConfig, Stage2TrainConfig, load_train_config
 from mgld.training.runner import build_stage1, build_stage2, build_trainer, train

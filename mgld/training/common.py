@@ -1,7 +1,7 @@
 """What both training systems share: input preparation, lean checkpoints and TensorBoard image strips.
 
 * :func:`prepare_clips`: dataset batches ``b t 3 H W`` in [0, 1] -> frames ``(b t) 3 H W`` in [-1, 1], the LQ
-  bicubic-upsampled to the GT size and clamped (spec §6.2).
+  bicubic-upsampled to the GT size and clamped (docs/training.md §3).
 * :class:`TrainingSystem`: a ``LightningModule`` whose checkpoints leave out the loss networks (LPIPS, flow) and,
   when the frozen weights come from a file (``checkpoint_frozen=False``), the frozen weights too: a full-size
   stage-1 checkpoint then holds the 122 M trained parameters and their optimizer state instead of ~1.1 B. The

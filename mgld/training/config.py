@@ -1,4 +1,4 @@
-"""Training configuration: dataclass schemas of ``configs/stage1.yaml`` and ``configs/stage2.yaml`` (spec §6).
+"""Training configuration: schemas of ``configs/stage1.yaml`` and ``configs/stage2.yaml`` (docs/training.md).
 
 Both schemas reuse :class:`mgld.config.ModelConfig` for the networks and are loaded with
 :func:`mgld.config.load_config` (``_base_`` includes and ``key=value`` overrides, every key type-checked).
@@ -24,6 +24,7 @@ from mgld.config import (
     SamplingConfig,
     load_config,
     read_yaml,
+    resolve_config,
 )
 from mgld.data.degradations import DegradationConfig
 from mgld.data.reds import REDS4
@@ -35,7 +36,7 @@ def _reds4() -> list[str]:
 
 @dataclass
 class USMConfig:
-    """Unsharp masking of the GT (spec §6.1)."""
+    """Unsharp masking of the GT (docs/training.md §2)."""
 
     enabled: bool = True
     weight: float = 0.5
@@ -63,7 +64,7 @@ class Stage1DataConfig:
 
 @dataclass
 class Stage2DataConfig:
-    """GT clips + the LQ frames and stage-1 latents written by ``scripts/generate_latents.py``."""
+    """GT clips + the LQ frames and stage-1 latents written by ``mgld generate-latents``."""
 
     root: str = "data/REDS/train_sharp_sub"
     generated_root: str = "data/REDS/stage1_generated"  # holds lq/ and latents/
@@ -106,11 +107,11 @@ class TrainerConfig:
 
 @dataclass
 class Stage1Options:
-    """Stage-1 switches; the ``reference`` values reproduce the authors' run (spec §9.6-9.8)."""
+    """Stage-1 switches; the values marked ``authors`` reproduce the authors' run (docs/differences.md)."""
 
-    timesteps: Literal["clip", "frame"] = "clip"  # reference: "frame" (one timestep per frame)
-    train_temporal_norm: bool = True  # reference: False (the LayerNorm stayed frozen)
-    mid_from_sd: bool = True  # reference: False (shifted middle-block slots left random)
+    timesteps: Literal["clip", "frame"] = "clip"  # authors: "frame" (one timestep per frame)
+    train_temporal_norm: bool = True  # authors: False (the LayerNorm stayed frozen)
+    mid_from_sd: bool = True  # authors: False (shifted middle-block slots left random)
     gradient_checkpointing: bool = False
 
 
@@ -122,7 +123,7 @@ class FlowLossConfig:
 
 @dataclass
 class LossConfig:
-    """Stage-2 loss weights and options (spec §4.4)."""
+    """Stage-2 loss weights and options (docs/training.md §5)."""
 
     l1: float = 1.0
     lpips: float = 0.5
@@ -130,12 +131,12 @@ class LossConfig:
     lpips_backbone: str | None = None  # torchvision ImageNet weights file; None: torch hub's cache
     frame_difference: float = 0.5
     consistency: float = 0.5
-    consistency_variant: Literal["intended", "reference"] = "intended"
+    consistency_variant: Literal["fixed", "authors"] = "fixed"
     sobel_weight: float = 3.0
     flow: FlowLossConfig = field(default_factory=FlowLossConfig)
     gan: float = 0.025
     disc_start: int = 501
-    reduction: Literal["reference", "mean"] = "reference"
+    reduction: Literal["authors", "mean"] = "authors"
 
 
 @dataclass
@@ -147,7 +148,7 @@ class DiscriminatorConfig:
 @dataclass
 class _InferenceSections:
     """The inference sections of :class:`mgld.config.Config`: configs/tiny.yaml carries them, and
-    scripts/generate_latents.py samples the stage-1 latents with them. Training itself does not read them."""
+    mgld generate-latents samples the stage-1 latents with them. Training itself does not read them."""
 
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
@@ -186,7 +187,7 @@ class Stage2TrainConfig(_InferenceSections):
     output_dir: str = "runs/stage2"
     model: ModelConfig = field(default_factory=ModelConfig)
     init: InitConfig = field(default_factory=InitConfig)
-    fusion_w: float = 1.0
+    cfw_weight: float = 1.0
     data: Stage2DataConfig = field(default_factory=Stage2DataConfig)
     losses: LossConfig = field(default_factory=LossConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
@@ -200,7 +201,8 @@ SCHEMAS = {1: Stage1TrainConfig, 2: Stage2TrainConfig}
 
 def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
     """A training config; the schema is chosen by the ``stage`` key of the file (after its ``_base_`` files)."""
-    stage = read_yaml(Path(path)).get("stage")
+    path = resolve_config(path)
+    stage = read_yaml(path).get("stage")
     if stage not in SCHEMAS:
         raise ValueError(f"{path}: 'stage' must be 1 or 2 (got {stage!r})")
     cfg = load_config(path, overrides, schema=SCHEMAS[stage])

@@ -4,7 +4,7 @@
 a smooth random texture with sharp-edged shapes, translated by a constant sub-pixel velocity per sequence, so
 flows, temporal layers and Sobel edges all have something to see. :func:`write_synthetic_stage2` adds the LQ
 frames and stage-1-like latents that :class:`mgld.data.stage2.Stage2ClipDataset` reads (bicubic LQ and random
-latents: enough to exercise stage 2, not a substitute for ``scripts/generate_latents.py``).
+latents: enough to exercise stage 2, not a substitute for ``mgld generate-latents``).
 """
 
 from __future__ import annotations

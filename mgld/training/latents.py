@@ -1,4 +1,4 @@
-"""Stage-2 training inputs: degrade GT clips and sample their stage-1 latents (spec §6.3, §9.15).
+"""Stage-2 training inputs: degrade GT clips and sample their stage-1 latents (docs/training.md §4).
 
 For every segment of ``num_frames`` frames of every sequence (segments start at multiples of ``num_frames``,
 as :class:`mgld.data.stage2.Stage2ClipDataset` reads them), :func:`generate_latents` writes::
@@ -7,8 +7,8 @@ as :class:`mgld.data.stage2.Stage2ClipDataset` reads them), :func:`generate_late
     out/latents/<seq>/<frame>.npy     the final latents of the motion-guided stage-1 sampler, 4 x H/8 x W/8
     out/preview/<seq>/<frame>.png     those latents decoded (for inspection only)
 
-The authors' script for the LQ folder is missing (spec §9.15); here the LQ comes from the same degradation as
-stage 1, and the sampler is the inference pipeline's (:mod:`mgld.pipeline`) at scale exactly 4, so the latent
+The authors' script for the LQ folder is missing (docs/differences.md); here the LQ comes from the same degradation as
+stage 1, and the sampler is the inference pipeline's (:mod:`mgld.pipeline.pipeline`) at scale exactly 4, so the latent
 grid is GT/8. Files are written atomically and the latents last, so a killed run resumes at the first segment
 whose latents are incomplete.
 """
@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mgld.atomic import atomic_write
 from mgld.data.degradations import RealBasicVSRDegradation
 from mgld.data.reds import bicubic_downscale, list_sequences, read_clip
 from mgld.data.stage2 import LATENT_SUFFIX
-from mgld.pipeline import MGLDPipeline
+from mgld.io.atomic import atomic_write
+from mgld.pipeline.pipeline import MGLDPipeline
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ loss networks' weight files (stage 2).
     output_dir/checkpoints/stepNNNNNNNN.ckpt  every trainer.checkpoint_every_n_steps steps and at the end
     output_dir/checkpoints/last.ckpt          the latest; --resume continues from it (same step, optimizer state)
     output_dir/tb/                            TensorBoard: losses, learning rate, image strips
-    output_dir/weights/                       the trained model as a converted mgld folder (mgld.checkpoints)
+    output_dir/weights/                       the trained model as a converted mgld folder (mgld.weights.checkpoints)
 
 Multi-GPU / multi-node: ``trainer.devices``, ``trainer.num_nodes``, ``trainer.strategy`` go to Lightning as they
 are (e.g. ``devices=8 strategy=ddp``; stage 2 needs ``ddp_find_unused_parameters_true`` before ``disc_start``).
@@ -31,21 +31,27 @@ from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelChec
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from mgld import checkpoints as ckpt
-from mgld import convert
 from mgld.config import ModelConfig, to_yaml
 from mgld.data.degradations import RealBasicVSRDegradation
 from mgld.data.reds import REDSClipDataset
 from mgld.data.stage2 import Stage2ClipDataset
-from mgld.losses import LPIPSLoss, build_loss_flow_estimator
 from mgld.models import build_denoiser, build_vae
 from mgld.models.discriminator import PatchDiscriminator
 from mgld.models.unet import sd_unet_kwargs
 from mgld.training.config import Stage1TrainConfig, Stage2TrainConfig, TrainConfig
 from mgld.training.data import ClipDataModule
+from mgld.training.losses import LPIPSLoss, build_loss_flow_estimator
 from mgld.training.stage1 import Stage1System
 from mgld.training.stage2 import Stage2Loss, Stage2System
-from mgld.weights import diffusers_weights_file, init_denoiser_from_sd, init_vae_from_sd, load_denoiser, load_vae
+from mgld.weights import checkpoints as ckpt
+from mgld.weights import convert
+from mgld.weights.loading import (
+    diffusers_weights_file,
+    init_denoiser_from_sd,
+    init_vae_from_sd,
+    load_denoiser,
+    load_vae,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +73,7 @@ def check_sd_checkpoint(source: str | Path, model: ModelConfig, parts: tuple[str
     """
     from diffusers import UNet2DConditionModel
 
-    from mgld.text_context import has_openclip_tower
+    from mgld.weights.text_context import has_openclip_tower
 
     path = Path(source)
     if not path.exists():
@@ -175,7 +181,7 @@ def build_stage2(cfg: Stage2TrainConfig) -> tuple[Stage2System, ClipDataModule]:
     lpips = LPIPSLoss(losses.lpips_net, losses.lpips_backbone) if losses.lpips else None
     flow = None
     if losses.consistency:
-        differentiable = losses.consistency_variant == "reference"
+        differentiable = losses.consistency_variant == "authors"
         flow = build_loss_flow_estimator(losses.flow.method, losses.flow.weights, differentiable)
     sd = cfg.init.sd_checkpoint
     if cfg.init.weights is not None:
@@ -189,7 +195,7 @@ def build_stage2(cfg: Stage2TrainConfig) -> tuple[Stage2System, ClipDataModule]:
     )
     system = Stage2System(
         vae, PatchDiscriminator(3, cfg.discriminator.base_channels, cfg.discriminator.num_layers),
-        lpips=lpips, flow_estimator=flow, loss=loss, fusion_w=cfg.fusion_w, lr=cfg.optim.lr,
+        lpips=lpips, flow_estimator=flow, loss=loss, cfw_weight=cfg.cfw_weight, lr=cfg.optim.lr,
         betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay,
         accumulate_grad_batches=cfg.optim.accumulate_grad_batches,
         checkpoint_frozen=sd is None and cfg.init.weights is None,
@@ -273,7 +279,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, callbacks: Sequence[Callback]
 
 @rank_zero_only
 def export_weights(system: Stage1System | Stage2System, cfg: TrainConfig, step: int) -> Path:
-    """Save the trained model as a converted mgld folder ``output_dir/weights`` (loadable by mgld.weights)."""
+    """Save the trained model as a converted mgld folder ``output_dir/weights`` (loadable by mgld.weights.loading)."""
     folder = Path(cfg.output_dir) / "weights"
     provenance = {"trained": f"stage {cfg.stage}", "step": step, "run": str(Path(cfg.output_dir).resolve())}
     if cfg.stage == 1:

@@ -1,16 +1,17 @@
-"""Stage-1 training: the time-aware encoder, SFT layers and UNet temporal layers on a frozen SD 2.1 (spec §1.6, §6.2).
+"""Stage-1 training: time-aware encoder, SFT layers and UNet temporal layers on frozen SD 2.1 (docs/training.md §1, §3).
 
 One step on a batch of clips (GT ``b t 3 H W``, LQ ``b t 3 H/4 W/4``, both in [0, 1]):
 
 1. the LQ is bicubic-upsampled to the GT size; both are mapped to [-1, 1] and encoded by the frozen VAE into
    *sampled* posteriors ×0.18215: ``z_gt``, ``z_lr`` (``(b t) 4 H/8 W/8``);
 2. a timestep ``t ~ U{0..999}`` per clip (``timesteps="clip"``, as at inference), or per frame as the authors
-   trained (``"frame"``, spec §9.8); ``x_t = √ᾱ_t·z_gt + √(1−ᾱ_t)·ε``;
+   trained (``"frame"``, docs/differences.md); ``x_t = √ᾱ_t·z_gt + √(1−ᾱ_t)·ε``;
 3. ``ε̂ = denoiser(x_t, t, z_lr)``: the encoder sees the clean LR latent and t, its maps drive the SFT layers;
 4. loss = MSE(ε̂, ε) over everything; AdamW (5e-5, weight decay 0.01) over the trained parameters only.
 
 Trained: every parameter but the SD UNet's (``MGLDDenoiser.set_stage1_trainable``); the temporal attention's
-LayerNorm too unless ``train_temporal_norm=False`` (the authors', spec §9.6). The VAE is frozen and in eval mode.
+LayerNorm too unless ``train_temporal_norm=False`` (the authors', docs/differences.md). The VAE is frozen and in
+eval mode.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mgld.diffusion.schedule import NUM_TRAIN_TIMESTEPS, make_scheduler
 from mgld.models import MGLDDenoiser, TemporalVAE
-from mgld.schedule import NUM_TRAIN_TIMESTEPS, make_scheduler
 from mgld.training.common import TrainingSystem, prepare_clips
 
 

@@ -1,14 +1,14 @@
-"""Stage-2 training: the temporal VAE decoder's temporal convs and CFW blocks, with a PatchGAN (spec §1.6, §4.4).
+"""Stage-2 training: the temporal VAE decoder's temporal convs and CFW blocks + PatchGAN (docs/training.md §1, §5).
 
 One step on a batch (GT ``b t 3 H W``, LQ ``b t 3 h w``, stage-1 latents ``b t 4 H/8 W/8``):
 
 1. CFW features come from the frozen VAE encoder run on the bicubic-upsampled LQ; the decoder turns the
-   stage-1 latents (÷0.18215) into x̂ with fusion weight ``fusion_w`` (1.0 in training);
+   stage-1 latents (÷0.18215) into x̂ with fusion weight ``cfw_weight`` (1.0 in training);
 2. generator objective ``L_G = L_rec + w_d·L_diff + w_c·L_swc + w_g·[step ≥ disc_start]·(−mean D(x̂))`` with
-   ``L_rec = w_1·L1 + w_p·LPIPS`` (see :mod:`mgld.losses`); with ``reduction="reference"`` the authors'
-   extra divisions apply: ``L_rec / (b·T)`` and ``L_diff / (b·(T−1))`` (spec §9.4);
+   ``L_rec = w_1·L1 + w_p·LPIPS`` (see :mod:`mgld.training.losses`); with ``reduction="authors"`` the authors'
+   extra divisions apply: ``L_rec / (b·T)`` and ``L_diff / (b·(T−1))`` (docs/differences.md);
 3. discriminator objective ``hinge(D(x), D(x̂))`` from ``disc_start`` on (the authors' discriminator is idle
-   before, spec §4.4);
+   before, docs/training.md §5);
 4. two Adam optimizers (5e-5, betas 0.5/0.9), stepped every ``accumulate_grad_batches`` batches through
    Lightning's manual optimisation.
 
@@ -27,30 +27,30 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from mgld.flow import FlowEstimator
-from mgld.losses import (
+from mgld.models import TemporalVAE
+from mgld.training.common import TrainingSystem, prepare_clips
+from mgld.training.losses import (
     frame_difference_loss,
     generator_adversarial_loss,
     hinge_discriminator_loss,
     l1_loss,
     structure_consistency_loss,
 )
-from mgld.models import TemporalVAE
-from mgld.training.common import TrainingSystem, prepare_clips
 
 
 @dataclass(frozen=True)
 class Stage2Loss:
-    """Weights and options of the generator objective (module docstring); defaults = spec §4.4."""
+    """Weights and options of the generator objective (module docstring); defaults = docs/training.md §5."""
 
     l1: float = 1.0
     lpips: float = 0.5
     frame_difference: float = 0.5
     consistency: float = 0.5
-    consistency_variant: Literal["intended", "reference"] = "intended"
+    consistency_variant: Literal["fixed", "authors"] = "fixed"
     sobel_weight: float = 3.0
     gan: float = 0.025
     disc_start: int = 501
-    reduction: Literal["reference", "mean"] = "reference"
+    reduction: Literal["authors", "mean"] = "authors"
 
 
 class Stage2System(TrainingSystem):
@@ -71,7 +71,7 @@ class Stage2System(TrainingSystem):
         lpips: nn.Module | None = None,
         flow_estimator: FlowEstimator | None = None,
         loss: Stage2Loss | None = None,
-        fusion_w: float = 1.0,
+        cfw_weight: float = 1.0,
         lr: float = 5e-5,
         betas: tuple[float, float] = (0.5, 0.9),
         weight_decay: float = 0.0,
@@ -90,7 +90,7 @@ class Stage2System(TrainingSystem):
         self.vae.requires_grad_(False)
         for module in (vae.temporal, vae.fusion, discriminator):
             module.requires_grad_(True)
-        self.loss, self.fusion_w = loss, fusion_w
+        self.loss, self.cfw_weight = loss, cfw_weight
         self.lr, self.betas, self.weight_decay = lr, tuple(betas), weight_decay
         self.accumulate_grad_batches = accumulate_grad_batches
 
@@ -101,7 +101,7 @@ class Stage2System(TrainingSystem):
         """lq ``(b t) 3 H W`` in [-1, 1] (upsampled), latent ``(b t) 4 H/8 W/8`` ×0.18215 -> x̂ ``(b t) 3 H W``."""
         with torch.no_grad():
             _, feats = self.vae.encode(lq)
-        return self.vae.decode(latent / self.vae.scaling_factor, feats, num_frames, self.fusion_w)
+        return self.vae.decode(latent / self.vae.scaling_factor, feats, num_frames, self.cfw_weight)
 
     def generator_loss(self, pred: Tensor, target: Tensor, num_frames: int, adversarial: bool) -> dict[str, Tensor]:
         """The terms of ``L_G`` (unweighted, as the loss functions return them) and ``total`` (weighted)."""
@@ -116,7 +116,7 @@ class Stage2System(TrainingSystem):
             if w.consistency else zero
         )
         terms["gan_g"] = generator_adversarial_loss(self.discriminator(pred)) if adversarial and w.gan else zero
-        rec_div, diff_div = (pred.shape[0], clips * (num_frames - 1)) if w.reduction == "reference" else (1, 1)
+        rec_div, diff_div = (pred.shape[0], clips * (num_frames - 1)) if w.reduction == "authors" else (1, 1)
         terms["total"] = (
             (w.l1 * terms["l1"] + w.lpips * terms["lpips"]) / rec_div
             + w.frame_difference * terms["frame_difference"] / diff_div

@@ -1,0 +1,56 @@
+"""The ``mgld`` command: one subcommand per job, each a thin module of this package.
+
+``mgld <command> --help`` explains a command's flags; ``python -m mgld`` is the same command, and the
+``scripts/*.py`` files of a source checkout are wrappers over the same modules. Subcommand modules are imported
+only when run, so ``mgld --help`` answers without importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module under mgld.cli, one-line description)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "infer": ("infer", "upscale videos or frame folders 4x (the released model by default)"),
+    "train": ("train", "train stage 1 (diffusion) or stage 2 (temporal VAE decoder) from a YAML config"),
+    "evaluate": ("evaluate", "score method outputs against GT: PSNR/SSIM/LPIPS/DISTS/NIQE/E*warp/..."),
+    "convert": ("convert", "convert the official checkpoints (or SD 2.1) to an mgld weights folder"),
+    "download": ("download", "download and convert the released weights"),
+    "benchmark": ("benchmark", "time and memory of every inference stage on a synthetic clip"),
+    "make-testset": ("make_testset", "degrade HR sequences into an LR test set (RealBasicVSR pipeline)"),
+    "parity": ("parity", "compare mgld with fixtures computed by the authors' code"),
+    "generate-latents": ("generate_latents", "stage-2 training inputs: degraded LQ + stage-1 latents"),
+    "bicubic": ("bicubic", "bicubic x4 baseline of an LR test set (a method folder for evaluate)"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: mgld <command> [options]   (mgld <command> --help for its options)", "",
+             "MGLD-VSR: motion-guided latent diffusion for real-world 4x video super-resolution.", "",
+             "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "examples:",
+              "  mgld infer --config tiny --input sample --output out/sample_sr   # tiny random model, CPU, seconds",
+              "  mgld download && mgld infer --input clip.mp4 --output clip_x4.mp4",
+              "  mgld infer --help"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        from mgld import __version__
+
+        print(f"mgld {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"mgld: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"mgld.cli.{COMMANDS[name][0]}")
+    return module.main(rest, prog=f"mgld {name}")

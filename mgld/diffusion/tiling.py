@@ -1,0 +1,146 @@
+"""Tiling: overlapping tiles over a latent or an image and their weighted blending (docs/algorithm.md §5).
+
+The sampler runs the UNet tile by tile over the latent and stitches the noise predictions as
+``ε̂ = Σ G·ε̂_tile / Σ G`` with the authors' Gaussian window :func:`gaussian_weights`; decoding to pixels can be
+tiled the same way with a smooth window (:func:`feather_weights` or a Gaussian), not the uniform average of
+the released script (docs/algorithm.md §5).
+
+Tile placement per axis (:func:`tile_starts`): stride ``tile − overlap``, starts 0, stride, 2·stride, …, the
+last tile snapped to the end (``length − tile``); one tile covering everything when ``length ≤ tile``, so a
+latent smaller than the tile is processed whole.
+
+Typical use::
+
+    boxes = tile_boxes(h, w, tile=64, overlap=32)
+    eps = blend_tiles(((box, unet(box.crop(x))) for box in boxes), (h, w))  # Gaussian-weighted by default
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class TileBox:
+    """A tile ``[top, top + height) × [left, left + width)`` of a 2-D grid."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+    def crop(self, x: Tensor) -> Tensor:
+        """The tile of ``x``: ``(..., H, W)`` → ``(..., height, width)`` (a view)."""
+        return x[..., self.top : self.top + self.height, self.left : self.left + self.width]
+
+    def scaled(self, factor: int) -> TileBox:
+        """The same tile on a grid ``factor`` times finer (e.g. latent → pixels with 8)."""
+        return TileBox(self.top * factor, self.left * factor, self.height * factor, self.width * factor)
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of the tiles along one axis of ``length`` (docs/algorithm.md §5).
+
+    ``n = 1`` if ``length ≤ tile``, else ``ceil((length − tile) / stride) + 1`` with ``stride = tile − overlap``;
+    starts ``k·stride``, the last one snapped to ``length − tile``.
+    """
+    if tile <= 0 or not 0 <= overlap < tile:
+        raise ValueError(f"need tile > 0 and 0 <= overlap < tile, got tile={tile}, overlap={overlap}")
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    count = math.ceil((length - tile) / stride) + 1
+    return [min(k * stride, length - tile) for k in range(count)]
+
+
+def tile_boxes(height: int, width: int, tile: int, overlap: int) -> list[TileBox]:
+    """All tiles over a ``height × width`` grid, row by row; tiles are ``min(tile, side)`` on each side."""
+    return [
+        TileBox(top, left, min(tile, height), min(tile, width))
+        for top in tile_starts(height, tile, overlap)
+        for left in tile_starts(width, tile, overlap)
+    ]
+
+
+def gaussian_weights(
+    height: int, width: int, var: float = 0.01, *, device=None, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """The authors' Gaussian tile window ``G(y, x) = g(y; H/2, H)·g(x; (W−1)/2, W)`` (docs/algorithm.md §5).
+
+    ``g(u; m, L) = exp(−(u − m)² / (2·var·L²)) / √(2π·var)``. The x centre is ``(W−1)/2`` (symmetric) but the
+    y centre ``H/2`` (half a pixel low), as in the released code. Computed in float64.
+
+    Shapes:
+        returns ``(height, width)``; broadcast over frames and channels.
+    """
+
+    def profile(length: int, centre: float) -> Tensor:
+        u = torch.arange(length, dtype=torch.float64, device=device)
+        return torch.exp(-((u - centre) ** 2) / (2 * var * length**2)) / math.sqrt(2 * math.pi * var)
+
+    return torch.outer(profile(height, height / 2), profile(width, (width - 1) / 2)).to(dtype)
+
+
+def feather_weights(
+    box: TileBox, height: int, width: int, overlap: int, *, device=None, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """Linear ramps over ``overlap`` pixels on the sides of ``box`` that border another tile.
+
+    Sides on the edge of the ``height × width`` grid are not ramped, so a lone tile weighs 1 everywhere.
+    Weights lie in ``(0, 1]``: blending never divides by zero.
+
+    Shapes:
+        returns ``(box.height, box.width)``.
+    """
+
+    def profile(start: int, size: int, length: int) -> Tensor:
+        u = torch.arange(size, dtype=torch.float64, device=device)
+        ramp = torch.ones_like(u)
+        if overlap > 0 and start > 0:
+            ramp = torch.minimum(ramp, (u + 1) / (overlap + 1))
+        if overlap > 0 and start + size < length:
+            ramp = torch.minimum(ramp, (size - u) / (overlap + 1))
+        return ramp
+
+    return torch.outer(profile(box.top, box.height, height), profile(box.left, box.width, width)).to(dtype)
+
+
+def blend_tiles(
+    tiles: Iterable[tuple[TileBox, Tensor]],
+    size: tuple[int, int],
+    weights: Callable[[TileBox], Tensor] | None = None,
+) -> Tensor:
+    """``Σ w·tile / Σ w`` over (possibly overlapping) tiles placed on a ``size = (H, W)`` grid.
+
+    ``weights(box)`` gives each tile's ``(box.height, box.width)`` window; default: the authors' Gaussian
+    of the box size (:func:`gaussian_weights`). ``tiles`` may be a generator, so tiles can be computed one at
+    a time. Every grid position must be covered.
+
+    Shapes:
+        each tile: ``(..., box.height, box.width)``, all with the same leading dims. Returns ``(..., H, W)``.
+    """
+    if weights is None:
+        weights = lambda box: gaussian_weights(box.height, box.width)  # noqa: E731
+    total = norm = None
+    for box, tile in tiles:
+        if tile.shape[-2:] != (box.height, box.width):
+            raise ValueError(f"tile of shape {tuple(tile.shape)} does not match its box {box}")
+        if total is None:
+            total = tile.new_zeros((*tile.shape[:-2], *size))
+            norm = tile.new_zeros(size)
+        w = weights(box).to(device=tile.device, dtype=tile.dtype)
+        box.crop(total).add_(tile * w)
+        box.crop(norm).add_(w)
+    if total is None:
+        raise ValueError("blend_tiles got no tiles")
+    if not bool((norm > 0).all()):
+        raise ValueError(f"the tiles do not cover the whole {size} grid")
+    return total / norm
+
+
+__all__ = ["TileBox", "blend_tiles", "feather_weights", "gaussian_weights", "tile_boxes", "tile_starts"]

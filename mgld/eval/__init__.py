@@ -1,0 +1,1 @@
+"""Evaluation (the ``eval`` extra): metrics, per-sequence reports, test-set degradation."""

@@ -1,0 +1,215 @@
+"""Video super-resolution input and output: sequence discovery, streaming readers, resumable writers.
+
+Inputs (:func:`discover_sequences`) are a frame folder (one sequence), a folder of
+sequences (sub-folders of frames and/or video files: the REDS4 / VideoLQ / UDM10
+layout), or one video file read with PyAV. Everything is validated before any heavy
+work, and every problem raises :class:`InputError` naming the file.
+
+Readers (:meth:`Sequence.reader`) stream frames as float32 ``t 3 h w`` RGB in [0, 1].
+A video is decoded forward once, keeping only the frames of the current chunk; a
+backward request reopens the file and decodes again from the start.
+
+Writers are resumable and atomic: :class:`FrameWriter` (a PNG folder, ``mgld.io.frames``)
+and :class:`VideoWriter` (H.264 with the source's audio, ``mgld.io.video_writer``);
+:func:`output_kind` picks one from the output path. This module is the entry point of
+the input/output layer and re-exports both.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Literal
+
+from mgld.io.frames import (
+    IMAGE_EXTENSIONS,
+    FrameReader,
+    FrameWriter,
+    ImageFolderReader,
+    InputError,
+    ensure_writable,
+    natural_key,
+    probe_image,
+)
+from mgld.io.video_reader import VideoReader, probe_video
+from mgld.io.video_writer import VIDEO_OUTPUT_EXTENSIONS, VideoWriter, check_video_output
+
+__all__ = [
+    "IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "VIDEO_OUTPUT_EXTENSIONS", "InputError", "Sequence", "FrameReader",
+    "VideoReader", "FrameWriter", "VideoWriter", "discover_sequences", "check_output_writable", "output_kind",
+    "natural_key",
+]
+
+logger = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi", ".webm")
+# Side files tolerated (skipped) in input folders; any other unsupported file is an error.
+_IGNORED_SUFFIXES = (".txt", ".md", ".json", ".yaml", ".yml", ".csv", ".log", ".ini", ".db")
+
+
+# --------------------------------------------------------------------------------------
+# Sequences
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sequence:
+    """One input sequence: a frame folder or a video file.
+
+    ``frame_names`` are the output file names: the input names as ``.png`` for frames,
+    ``f"{i:08d}.png"`` for a video. ``fps``/``rate`` (float / exact average frame rate)
+    are set for videos only; ``files`` lists the image files of a frame sequence.
+    """
+
+    name: str
+    source: Path
+    kind: Literal["frames", "video"]
+    frame_names: list[str]
+    height: int
+    width: int
+    fps: float | None = None
+    has_audio: bool = False
+    rate: Fraction | None = None
+    files: list[Path] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.frame_names)
+
+    def reader(self) -> FrameReader:
+        """A streaming reader of this sequence (a context manager)."""
+        if self.kind == "frames":
+            return ImageFolderReader(self.files, self.height, self.width)
+        return VideoReader(self.source, len(self), self.height, self.width)
+
+
+def discover_sequences(path: str | Path, verify: bool = True) -> list[Sequence]:
+    """Find and validate the sequences under ``path``, in natural order.
+
+    A frame folder gives one sequence; a folder of sequence folders and/or video files
+    gives one per entry; a video file gives one. Raises :class:`InputError` for a
+    missing path, an empty or ambiguous folder (images next to sub-folders or videos),
+    an unsupported file, an unreadable or truncated image (``verify``: cheap integrity
+    check of every frame), frames of different sizes, or a video with no decodable
+    video stream.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    if path.is_file():
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            raise InputError(f"{path}: a single image is not a sequence; pass the folder that holds the frames")
+        return [_video_sequence(path)]
+    images, videos, folders = _list_folder(path)
+    if images:
+        if videos or folders:
+            other = (folders + videos)[0].name
+            raise InputError(f"{path}: ambiguous input, holds both image frames and sequences (e.g. {other!r})")
+        return [_frame_sequence(path, images, verify)]
+    if not videos and not folders:
+        raise InputError(f"{path}: empty folder (no image frames, videos or sequence folders)")
+    sequences = []
+    for entry in sorted(folders + videos, key=lambda p: natural_key(p.name)):
+        if entry.is_file():
+            sequences.append(_video_sequence(entry))
+            continue
+        frames, sub_videos, sub_folders = _list_folder(entry)
+        if sub_videos or sub_folders:
+            extra = (sub_folders + sub_videos)[0].name
+            raise InputError(f"{entry}: a sequence folder must hold only image frames, found {extra!r}")
+        if not frames:
+            raise InputError(f"{entry}: empty sequence folder (no image frames)")
+        sequences.append(_frame_sequence(entry, frames, verify))
+    _check_unique([s.name for s in sequences], path, "sequence names")
+    return sequences
+
+
+def _list_folder(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
+    """``(images, videos, folders)`` in ``folder``, each in natural order; hidden entries skipped."""
+    images, videos, folders = [], [], []
+    for entry in folder.iterdir():
+        suffix = entry.suffix.lower()
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            folders.append(entry)
+        elif suffix in IMAGE_EXTENSIONS:
+            images.append(entry)
+        elif suffix in VIDEO_EXTENSIONS:
+            videos.append(entry)
+        elif suffix not in _IGNORED_SUFFIXES:
+            raise InputError(
+                f"{entry}: unsupported file type {suffix or '(none)'!r} "
+                f"(images: {', '.join(IMAGE_EXTENSIONS)}; videos: {', '.join(VIDEO_EXTENSIONS)})"
+            )
+    return tuple(sorted(group, key=lambda p: natural_key(p.name)) for group in (images, videos, folders))
+
+
+def _check_unique(names: list[str], where: Path, what: str) -> None:
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise InputError(f"{where}: duplicate {what}: {name!r}")
+        seen.add(name)
+
+
+def _frame_sequence(folder: Path, files: list[Path], verify: bool) -> Sequence:
+    names = [f.stem + ".png" for f in files]
+    _check_unique(names, folder, "output frame names (same name with different extensions)")
+    height, width = probe_image(files[0], verify)
+    for f in files[1:]:
+        h, w = probe_image(f, verify)
+        if (h, w) != (height, width):
+            raise InputError(f"{f}: frame is {w}x{h} but {files[0].name} is {width}x{height}; frames must match")
+    return Sequence(folder.name, folder, "frames", names, height, width, files=files)
+
+
+def _video_sequence(path: Path) -> Sequence:
+    if path.suffix.lower() not in VIDEO_EXTENSIONS:
+        raise InputError(
+            f"{path}: unsupported file type {path.suffix!r} (videos: {', '.join(VIDEO_EXTENSIONS)}; "
+            "or pass a folder of image frames)"
+        )
+    num_frames, height, width, rate, has_audio = probe_video(path)
+    names = [f"{i:08d}.png" for i in range(num_frames)]
+    return Sequence(path.stem, path, "video", names, height, width, float(rate), has_audio, rate=rate)
+
+
+# --------------------------------------------------------------------------------------
+# Output checks
+# --------------------------------------------------------------------------------------
+
+
+def check_output_writable(path: str | Path) -> None:
+    """Raise :class:`InputError` naming ``path`` if the output cannot be created or written there.
+
+    A path with a video extension is an output video (one of ``VIDEO_OUTPUT_EXTENSIONS``,
+    not an existing folder); any other path is an output folder. Creates nothing.
+    """
+    path = Path(path)
+    if path.suffix.lower() in VIDEO_EXTENSIONS:
+        check_video_output(path)
+        return
+    if path.is_file():
+        raise InputError(f"{path}: output folder path is an existing file")
+    ensure_writable(path)
+
+
+def output_kind(output_path: str | Path, sequences: Sequence | list[Sequence]) -> Literal["frames", "video"]:
+    """``"video"`` when ``output_path`` has a video extension, else ``"frames"``.
+
+    A video output needs exactly one video input (its frame rate and audio); a frame
+    input, or several sequences, with a video output path raises :class:`InputError`.
+    """
+    sequences = [sequences] if isinstance(sequences, Sequence) else list(sequences)
+    if Path(output_path).suffix.lower() not in VIDEO_EXTENSIONS:
+        return "frames"
+    if len(sequences) != 1:
+        raise InputError(f"{output_path}: {len(sequences)} input sequences cannot go to one video; give a folder")
+    if sequences[0].kind != "video":
+        raise InputError(
+            f"{output_path}: a video output needs a video input ({sequences[0].source} is a frame folder); "
+            "give an output folder"
+        )
+    return "video"

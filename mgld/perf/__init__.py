@@ -1,0 +1,1 @@
+"""Performance measurement: the per-stage profiler and the benchmark behind ``mgld benchmark``."""
