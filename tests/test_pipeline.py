@@ -549,3 +549,36 @@ def test_anchor_trajectory_is_kept_per_pixel_tile(pipe):
     assert second.frames.shape == (5, 3, 64, 96)
     out = p(_clip(8, 16, 24), progress_bar=False)  # overlapping chunks through __call__
     assert out.shape == (8, 3, 64, 96)
+
+
+def test_frame_noise_draws_are_the_same_in_any_order_with_or_without_the_cache():
+    from mgld.diffusion.noise import FrameNoise, draw_index
+
+    box = TileBox(1, 2, 3, 4)
+    streams = _streams(7, [3, 9], (4, 5, 6), 5)  # 5 draws: posterior, x_T, xi(k = 3, 2, 1) of N = 4 steps
+    asked = [("xi", 1), ("posterior", None), ("xi", 3), ("x_T", None), ("xi", 2), ("xi", 1)]
+    for cache_bytes in (2**30, 0):
+        noise = FrameNoise(7, [3, 9], (4, 5, 6), num_steps=4, cache_bytes=cache_bytes)
+        for kind, step in asked:
+            assert torch.equal(noise.draw(kind, step, box), box.crop(streams[draw_index(kind, step, 4)]))
+    with pytest.raises(ValueError, match="xi draw needs a step"):
+        noise.draw("xi", 0, box)
+    with pytest.raises(ValueError, match="outside the noise grid"):
+        noise.draw("x_T", None, TileBox(4, 0, 3, 3))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fp16_authors_noise_and_flow_under_autocast(pipe):
+    from mgld.diffusion.noise import AuthorsNoise
+
+    noise = AuthorsNoise(5, 5, device="cuda")
+    first = noise.draw("posterior", None, TileBox(0, 0, 8, 8))
+    x_t = noise.draw("x_T", None, TileBox(0, 0, 8, 8))
+    torch.manual_seed(5)
+    torch.cuda.manual_seed(5)
+    assert torch.equal(first, torch.randn(5, 4, 8, 8)) and torch.equal(x_t, torch.randn(5, 4, 8, 8, device="cuda"))
+    p = MGLDPipeline(pipe.denoiser, pipe.vae, _with(pipe.config, TWO_TILES + ["infer.device=cuda",
+                                                                             "infer.precision=fp16"])).to("cuda")
+    out = p(_clip(5, 16, 24), progress_bar=False)
+    assert out.shape == (5, 3, 64, 96) and torch.isfinite(out).all()
+    pipe.to("cpu")
