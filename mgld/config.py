@@ -8,11 +8,15 @@ the schema, so a typo fails with ``Key 'num_frame' not in 'ModelConfig'. Did you
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+import re
+import typing
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 T = TypeVar("T")
 
@@ -107,47 +111,63 @@ class SamplingConfig:
 
     steps: int = 50
     guidance_scale: float = 10.0
-    guidance_variant: str = "authors"
+    guidance_variant: Literal["authors", "fixed"] = "authors"
+    pixel_tiling: Literal["authors", "frame"] = "authors"
+    flow_tile_crop: Literal["authors", "fixed"] = "authors"
     latent_tile_size: int = 64
     latent_tile_overlap: int = 32
     tile_batch: int = 1
     seed: int = 42
 
     def __post_init__(self) -> None:
-        _choice("sampling.guidance_variant", self.guidance_variant, ("authors", "fixed"))
-        if self.steps < 1 or self.tile_batch < 1:
-            raise ValueError("sampling.steps and sampling.tile_batch must be >= 1")
+        _check_choices(self, "sampling")
+        _require(1 <= self.steps <= 1000, "sampling.steps", "must be in [1, 1000]", self.steps)
+        _require(math.isfinite(self.guidance_scale) and self.guidance_scale >= 0, "sampling.guidance_scale",
+                 "must be finite and >= 0 (0 disables guidance; the authors' -10 is 10 here)", self.guidance_scale)
+        _require(self.latent_tile_size > 0, "sampling.latent_tile_size", "must be > 0", self.latent_tile_size)
+        _require(0 <= self.latent_tile_overlap < self.latent_tile_size, "sampling.latent_tile_overlap",
+                 f"must be in [0, sampling.latent_tile_size = {self.latent_tile_size})", self.latent_tile_overlap)
+        _require(self.tile_batch >= 1, "sampling.tile_batch", "must be >= 1", self.tile_batch)
 
 
 @dataclass
 class FlowConfig:
     """Optical flow on the LR frames and the occlusion check (docs/algorithm.md §4)."""
 
-    method: str = "raft"
+    method: Literal["raft", "spynet", "dis"] = "raft"
     weights: str | None = None
     raft_iters: int = 10
-    raft_input_range: str = "unit"
+    raft_input_range: Literal["unit", "symmetric"] = "unit"
     occlusion_alpha: float = 0.01
     occlusion_beta: float = 0.5
+    precision: Literal["autocast", "fp32"] = "autocast"
+    resolution: Literal["lr", "upsampled"] = "lr"
 
     def __post_init__(self) -> None:
-        _choice("flow.method", self.method, ("raft", "spynet", "dis"))
-        _choice("flow.raft_input_range", self.raft_input_range, ("unit", "symmetric"))
+        _check_choices(self, "flow")
+        _require(self.raft_iters >= 1, "flow.raft_iters", "must be >= 1", self.raft_iters)
+        for key in ("occlusion_alpha", "occlusion_beta"):
+            value = getattr(self, key)
+            _require(math.isfinite(value) and value >= 0, f"flow.{key}", "must be finite and >= 0", value)
 
 
 @dataclass
 class DecodeConfig:
-    """Temporal-VAE encoding/decoding in pixel tiles, and the colour fix (docs/algorithm.md §5, §7)."""
+    """Pixel tiles (the authors' 960/750 tiles; VAE encode/decode), CFW weight, colour fix (docs/algorithm.md §5,
+    §7)."""
 
     cfw_weight: float = 1.0
     tile_size: int = 960
-    tile_stride: int = 768
-    color_fix: str = "adain"
+    tile_stride: int = 750
+    color_fix: Literal["adain", "wavelet", "none"] = "adain"
 
     def __post_init__(self) -> None:
-        _choice("decode.color_fix", self.color_fix, ("adain", "wavelet", "none"))
-        if self.tile_size % 8 or self.tile_stride % 8 or not 0 < self.tile_stride <= self.tile_size:
-            raise ValueError("decode.tile_size and decode.tile_stride must be multiples of 8, 0 < stride <= size")
+        _check_choices(self, "decode")
+        _require(math.isfinite(self.cfw_weight), "decode.cfw_weight", "must be finite", self.cfw_weight)
+        _require(self.tile_size > 0 and self.tile_size % 8 == 0, "decode.tile_size",
+                 "must be a positive multiple of 8 (a whole number of latent pixels)", self.tile_size)
+        _require(0 < self.tile_stride <= self.tile_size, "decode.tile_stride",
+                 f"must be in [1, decode.tile_size = {self.tile_size}]", self.tile_stride)
 
 
 @dataclass
@@ -157,17 +177,20 @@ class ChunkConfig:
     frames: int = 5
     overlap: int = 0
     anchor_strength: float = 0.5
+    short_sequences: Literal["repeat", "short"] = "repeat"
 
     def __post_init__(self) -> None:
-        if self.frames < 1 or not 0 <= self.overlap < self.frames:
-            raise ValueError(f"need chunk.frames >= 1 and 0 <= chunk.overlap < chunk.frames, got {self}")
-        if not 0.0 <= self.anchor_strength <= 1.0:
-            raise ValueError("chunk.anchor_strength must be in [0, 1]")
+        _check_choices(self, "chunk")
+        _require(self.frames >= 1, "chunk.frames", "must be >= 1", self.frames)
+        _require(0 <= self.overlap < self.frames, "chunk.overlap", f"must be in [0, chunk.frames = {self.frames})",
+                 self.overlap)
+        _require(0.0 <= self.anchor_strength <= 1.0, "chunk.anchor_strength", "must be in [0, 1]",
+                 self.anchor_strength)
 
 
 @dataclass
 class InferConfig:
-    """Where the weights come from and how the run uses the hardware."""
+    """Where the weights come from, pre-processing, and how the run uses the hardware."""
 
     weights: str | None = None
     unet: str | None = None
@@ -175,14 +198,25 @@ class InferConfig:
     random_weights: bool = False
     scale: int = 4
     min_short_side: int = 512
+    upsample_mode: Literal["bicubic", "bilinear"] = "bicubic"
+    padding: Literal["authors", "fixed"] = "authors"
     device: str = "auto"
     devices: int = 1
-    precision: str = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     crf: int = 18
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        _choice("infer.precision", self.precision, ("auto", "fp32", "fp16", "bf16"))
+        _check_choices(self, "infer")
+        _require(self.scale >= 1, "infer.scale", "must be >= 1", self.scale)
+        _require(self.min_short_side >= 0, "infer.min_short_side", "must be >= 0", self.min_short_side)
+        _require(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None, "infer.device",
+                 "must be auto, cpu, mps, cuda or cuda:N", self.device)
+        _require(self.devices >= 1, "infer.devices", "must be >= 1", self.devices)
+        _require(0 <= self.crf <= 51, "infer.crf", "must be in [0, 51]", self.crf)
+        if self.precision in ("fp16", "bf16") and self.device in ("cpu", "mps"):
+            raise ValueError(f"infer.precision: {self.precision} needs a CUDA device, but infer.device is "
+                             f"{self.device!r}; use infer.precision=fp32 (or auto)")
 
 
 @dataclass
@@ -197,9 +231,25 @@ class Config:
     infer: InferConfig = field(default_factory=InferConfig)
 
 
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+INFERENCE_SECTIONS = ("sampling", "flow", "decode", "chunk", "infer")
+
+
+def _require(ok: bool, key: str, rule: str, value: Any) -> None:
+    """Raise ``ValueError("key: rule, got value")`` unless ``ok``."""
+    if not ok:
+        raise ValueError(f"{key}: {rule}, got {value!r}")
+
+
+def _check_choices(section: Any, name: str) -> None:
+    """Every ``Literal[...]`` field of a section dataclass holds one of its values.
+
+    OmegaConf checks the same annotations when a config is loaded from YAML or overrides; this covers
+    sections built directly (``SamplingConfig(guidance_variant=...)``, ``dataclasses.replace``)."""
+    hints = typing.get_type_hints(type(section))
+    for f in fields(section):
+        allowed = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is Literal else ()
+        if allowed and getattr(section, f.name) not in allowed:
+            raise ValueError(f"{name}.{f.name}: must be one of {list(allowed)}, got {getattr(section, f.name)!r}")
 
 
 def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> Any:
@@ -256,11 +306,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
     ``path`` is a file or the name of a packaged config (:func:`resolve_config`)."""
     cfg = OmegaConf.structured(schema)
-    if path is not None:
-        cfg = OmegaConf.merge(cfg, read_yaml(resolve_config(path)))
-    if overrides:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-    return OmegaConf.to_object(cfg)
+    source = "overrides"
+    try:
+        if path is not None:
+            source = str(resolve_config(path))
+            cfg = OmegaConf.merge(cfg, read_yaml(Path(source)))
+            source = "overrides"
+        if overrides:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        if not getattr(err, "full_key", None):
+            raise
+        first = str(getattr(err, "msg", err)).splitlines()[0]  # one line naming the key (and the file)
+        raise type(err)(f"{err.full_key}: {first} ({source})") from None
 
 
 def to_yaml(cfg: Any) -> str:
@@ -271,3 +330,8 @@ def to_yaml(cfg: Any) -> str:
 def model_config_from_dict(data: dict) -> ModelConfig:
     """A :class:`ModelConfig` from a plain dict (e.g. the ``model`` section of a weights folder)."""
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), data))
+
+
+def config_from_dict(data: dict) -> Config:
+    """A validated :class:`Config` from plain nested dicts (missing sections and keys take the defaults)."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), data))

@@ -11,6 +11,7 @@ from mgld.diffusion.guidance import warping_loss
 from mgld.diffusion.noise import FrameNoise
 from mgld.diffusion.sampling import MotionGuidance, sample
 from mgld.diffusion.schedule import respaced_schedule
+from mgld.diffusion.tiling import TileBox
 from mgld.flow import build_flow_estimator, flows_and_masks
 from mgld.models import build_denoiser
 from mgld.pipeline.chunks import plan_chunks
@@ -87,10 +88,18 @@ def test_guidance_off_needs_no_flow_weights(pipe):
     assert p(_clip(2), guidance_scale=0).shape == (2, 3, 96, 128)
 
 
-def test_fp16_on_cpu_is_refused(pipe):
-    cfg = replace(pipe.config, infer=replace(pipe.config.infer, precision="fp16"))
-    with pytest.raises(ValueError, match="needs a CUDA device"):
-        MGLDPipeline(pipe.denoiser, pipe.vae, cfg)(_clip(2))
+def test_fp16_without_cuda_is_refused_before_any_network_is_built(pipe, monkeypatch):
+    import mgld.pipeline.pipeline as P
+
+    with pytest.raises(ValueError, match="infer.precision: fp16 needs a CUDA device"):
+        load_config(TINY, ["infer.precision=fp16"])  # tiny runs on device cpu: refused by the schema
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(P, "build_denoiser", lambda *a: pytest.fail("a network was built"))
+    with pytest.raises(ValueError, match="precision=bf16 needs a CUDA device"):
+        MGLDPipeline.from_config(TINY, ["infer.device=auto", "infer.precision=bf16"])
+    cfg = replace(pipe.config, infer=replace(pipe.config.infer, device="auto", precision="fp16"))
+    with pytest.raises(ValueError, match="needs a CUDA device"):  # a pipeline moved to the CPU afterwards
+        MGLDPipeline(pipe.denoiser, pipe.vae, cfg)(_clip(2), progress_bar=False)
 
 
 def test_corrected_guidance_lowers_the_latent_warping_error(tiny_model_cfg):
@@ -106,8 +115,8 @@ def test_corrected_guidance_lowers_the_latent_warping_error(tiny_model_cfg):
     for scale in (0.0, 10.0):
         guidance = MotionGuidance((flow_f, flow_b), (fwd, bwd), scale, "fixed")
         with torch.no_grad():
-            z0, _ = sample(denoiser, schedule, z_lr, FrameNoise(1, list(range(5)), (4, 10, 16)),
-                           guidance=guidance, tile_size=16, tile_overlap=8)
+            z0 = sample(denoiser, schedule, z_lr, FrameNoise(1, list(range(5)), (4, 10, 16), 10),
+                        guidance=guidance, tile_size=16, tile_overlap=8)
         losses[scale] = warping_loss(z0, (flow_f, flow_b), (fwd, bwd), 5, "fixed").item()
     assert losses[10.0] < 0.9 * losses[0.0], losses
 
@@ -154,8 +163,9 @@ def test_generator_seeds_like_seed(pipe):
     torch.testing.assert_close(pipe(lr, generator=torch.Generator().manual_seed(7)), pipe(lr, seed=7))
 
 
-def test_pixel_tiling_places_and_blends_tiles_exactly(pipe, monkeypatch):
-    """With a local (tiling-invariant) stand-in VAE, feathered pixel tiles reproduce the untiled result."""
+def test_frame_mode_vae_tiles_place_and_blend_exactly(pipe, monkeypatch):
+    """With a local (tiling-invariant) stand-in VAE, frame mode's feathered VAE tiles reproduce the untiled
+    result."""
     from types import SimpleNamespace
 
     vae = pipe.vae
@@ -172,13 +182,403 @@ def test_pixel_tiling_places_and_blends_tiles_exactly(pipe, monkeypatch):
     up = torch.rand(2, 3, 128, 400) * 2 - 1
     noise = torch.randn(2, 4, 16, 50)
     results = []
-    for tile in (512, 192):
-        p = MGLDPipeline(pipe.denoiser, vae,
-                         replace(pipe.config, decode=replace(pipe.config.decode, tile_size=tile,
-                                                             tile_stride=tile - 64)))
+    for tile, stride in ((512, 448), (192, 124)):  # stride 124: starts 0, 124, 208 floored to 0, 120, 208
+        p = MGLDPipeline(pipe.denoiser, vae, _with(pipe.config, ["sampling.pixel_tiling=frame",
+                                                                 f"decode.tile_size={tile}",
+                                                                 f"decode.tile_stride={stride}"]))
         z, feats = p.encode(up, noise)
-        results.append((len(p._pixel_boxes(up)), z, p.decode(z, up, feats)))
-    (n_whole, z_whole, x_whole), (n_tiled, z_tiled, x_tiled) = results
-    assert (n_whole, n_tiled) == (1, 3)
+        results.append(([(b.top, b.left) for b in p._vae_boxes(up)], z, p.decode(z, up, feats)))
+    (b_whole, z_whole, x_whole), (b_tiled, z_tiled, x_tiled) = results
+    assert b_whole == [(0, 0)] and b_tiled == [(0, 0), (0, 120), (0, 208)]
     torch.testing.assert_close(z_tiled, z_whole)
     torch.testing.assert_close(x_tiled, x_whole)
+
+
+# --------------------------------------------------------------------------- pixel tiling, noise, padding (issue 10)
+
+
+def _with(cfg, overrides):
+    """``cfg`` with dotlist overrides (validated by the schema)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(overrides)))
+
+
+def _streams(seed, frames, shape, draws):
+    """The per-frame noise streams written out by hand: draw j of every frame, ``t *shape``."""
+    from mgld.diffusion.noise import _mix
+
+    gens = [torch.Generator().manual_seed(_mix(seed, i)) for i in frames]
+    return [torch.stack([torch.randn(shape, generator=g) for g in gens]) for _ in range(draws)]
+
+
+class _Recorder:
+    """A noise source that records what it is asked and answers from another source."""
+
+    def __init__(self, source):
+        self.source, self.calls = source, []
+
+    def draw(self, kind, step, box):
+        out = self.source.draw(kind, step, box)
+        self.calls.append((kind, step, box, out.shape[0]))
+        return out
+
+
+TWO_TILES = ["decode.tile_size=64", "decode.tile_stride=48", "sampling.latent_tile_size=6",
+             "sampling.latent_tile_overlap=3"]  # LR 16x24 -> 64x96: pixel tiles at x = 0, 32; 2x2 latent tiles each
+
+
+def test_authors_tiling_on_a_one_tile_frame_equals_frame_mode_bit_for_bit(pipe):
+    lr = _clip(5, 20, 28)  # -> 80x112, padded (authors' rule) to 96x128: one 256-px tile
+    authors = MGLDPipeline(pipe.denoiser, pipe.vae, pipe.config)
+    frame = MGLDPipeline(pipe.denoiser, pipe.vae, _with(pipe.config, ["sampling.pixel_tiling=frame"]))
+    assert authors.num_passes(20, 28) == frame.num_passes(20, 28) == 1
+    assert frame.tile_plan(20, 28).guidance_factor == 1.0
+    losses = []
+    a = authors(lr, progress_bar=False, callback=lambda info: losses.append(info["guidance_loss"]))
+    assert all(loss is not None and loss > 0 for loss in losses)  # guidance is on
+    assert torch.equal(a, frame(lr, progress_bar=False))
+
+
+def test_authors_tiling_on_two_tiles_equals_an_independent_composition(pipe):
+    """Each pixel tile alone (its crop, its crop of the frame's flows, masks and noise streams), then the
+    uniform average of the two tiles, written here with the building blocks only."""
+    from mgld.diffusion.schedule import respaced_schedule
+    from mgld.pipeline.colorfix import color_fix
+
+    cfg = _with(pipe.config, TWO_TILES)
+    p = MGLDPipeline(pipe.denoiser, pipe.vae, cfg)
+    lr = _clip(5, 16, 24)
+    out = p(lr, progress_bar=False)
+
+    boxes = [TileBox(0, 0, 64, 64), TileBox(0, 32, 64, 64)]
+    assert [t.box for t in p.tile_plan(16, 24).tiles] == boxes
+    steps = cfg.sampling.steps
+    up, _ = p.preprocess(lr)
+    assert up.shape[-2:] == (64, 96)  # both sides multiples of 32: no padding
+    (flow_f, flow_b), (fwd, bwd) = p.flows(up)
+    draws = _streams(cfg.sampling.seed, range(5), (4, 8, 12), 2 + steps - 1)  # posterior, x_T, xi(k=N-1..1)
+
+    class Crops:
+        def __init__(self, box):
+            self.box = box
+
+        def draw(self, kind, step, box):
+            assert box == self.box
+            j = {"posterior": 0, "x_T": 1}.get(kind, 2 + steps - 1 - (step or 0))
+            return box.crop(draws[j])
+
+    total, count = torch.zeros(5, 3, 64, 96), torch.zeros(64, 96)
+    for box in boxes:
+        crop = box.crop(up)
+        lbox = TileBox(box.top // 8, box.left // 8, 8, 8)
+        z_lr, feats = p.encode(crop, lbox.crop(draws[0]))
+        guidance = MotionGuidance((lbox.crop(flow_f), lbox.crop(flow_b)), (lbox.crop(fwd), lbox.crop(bwd)),
+                                  cfg.sampling.guidance_scale, "authors")
+        with torch.no_grad():
+            z0 = sample(p.denoiser, respaced_schedule(steps), z_lr, Crops(lbox), box=lbox, guidance=guidance,
+                        tile_size=6, tile_overlap=3)
+            decoded = color_fix(p.decode(z0, crop, feats).float(), crop, "adain")
+        box.crop(total).add_(decoded)
+        box.crop(count).add_(1)
+    expected = ((total / count + 1) / 2).clamp(0, 1)
+    assert torch.equal(out, expected)
+    assert not torch.equal(out, MGLDPipeline(pipe.denoiser, pipe.vae, _with(cfg, ["sampling.pixel_tiling=frame"]))(
+        lr, progress_bar=False))
+
+
+def test_noise_is_asked_per_tile_in_order_and_can_be_injected(pipe):
+    from mgld.diffusion.noise import AuthorsNoise, FrameNoise
+
+    cfg = _with(pipe.config, TWO_TILES)
+    p = MGLDPipeline(pipe.denoiser, pipe.vae, cfg)
+    lr = _clip(5, 16, 24)
+    steps = cfg.sampling.steps
+    frame_noise = _Recorder(FrameNoise(cfg.sampling.seed, list(range(5)), (4, 8, 12), steps))
+    default = p.upscale_clip(lr, range(5)).frames
+    assert torch.equal(p.upscale_clip(lr, range(5), noise=frame_noise).frames, default)
+    order = [("posterior", None), ("x_T", None)] + [("xi", k) for k in range(steps - 1, 0, -1)]
+    boxes = [t.latent_box for t in p.tile_plan(16, 24).tiles]
+    assert boxes == [TileBox(0, 0, 8, 8), TileBox(0, 4, 8, 8)]
+    assert frame_noise.calls == [(kind, step, box, 5) for box in boxes for kind, step in order]
+
+    authors = _Recorder(AuthorsNoise(cfg.sampling.seed, 5))
+    injected = p.upscale_clip(lr, range(5), noise=authors).frames
+    assert not torch.equal(injected, default)
+    first, second = (authors.source.draw(*call[:3]) for call in (authors.calls[0], authors.calls[len(order)]))
+    assert torch.equal(first, second)  # re-seeded per tile: equal-size tiles draw identical noise
+    torch.manual_seed(cfg.sampling.seed)  # the authors' seed_everything, then plain draws on the CPU
+    assert torch.equal(first, torch.randn(5, 4, 8, 8))
+
+
+def test_guidance_factor_gives_the_authors_step_per_element_at_three_sizes(pipe):
+    """Frame mode's guided update (scaled by the factor) equals the uniform average of the per-tile updates
+    of authors mode wherever the tile borders do not change the warping terms."""
+    from mgld.diffusion.schedule import respaced_schedule
+
+    authors = MGLDPipeline(pipe.denoiser, pipe.vae, _with(pipe.config, TWO_TILES))
+    frame = MGLDPipeline(pipe.denoiser, pipe.vae, _with(pipe.config, TWO_TILES + ["sampling.pixel_tiling=frame"]))
+    log_variance = respaced_schedule(50).log_variance(30)
+    g = torch.Generator().manual_seed(3)
+    for (h, w), passes, factor in (((16, 16), 1, 1.0), ((16, 24), 2, 1.5), ((24, 40), 6, 3.75)):
+        plan, frame_plan = authors.tile_plan(h, w), frame.tile_plan(h, w)
+        hz, wz = plan.latent_size
+        assert (len(plan.tiles), frame_plan.guidance_factor) == (passes, factor)
+        assert factor == (hz * wz) / (min(hz, 8) * min(wz, 8))  # frame latent area / authors' tile latent area
+        z = torch.randn(5, 4, hz, wz, generator=g)
+        shift = torch.zeros(1, 4, 2, hz, wz)
+        shift[:, :, 0] = 1.0  # one latent pixel to the right
+        guidance = MotionGuidance((shift, shift), (torch.zeros(1, 4, 1, hz, wz),) * 2, 10.0, "authors")
+        total, count = torch.zeros_like(z), torch.zeros(hz, wz)
+        near_a_seam = torch.zeros(hz, wz, dtype=torch.bool)  # warping terms there see the tile's zero padding
+        for tile in plan.tiles:
+            b = tile.latent_box
+            crop = b.crop(z)
+            updated, _ = guidance.crop(tile.flow_box).apply(crop, log_variance, 5)
+            b.crop(total).add_(updated - crop)
+            b.crop(count).add_(1)
+            near = torch.zeros(b.height, b.width, dtype=torch.bool)
+            near[:2] |= b.top > 0
+            near[-2:] |= b.top + b.height < hz
+            near[:, :2] |= b.left > 0
+            near[:, -2:] |= b.left + b.width < wz
+            b.crop(near_a_seam).logical_or_(near)
+        frame_delta = replace(guidance, scale=10.0 * frame_plan.guidance_factor).apply(z, log_variance, 5)[0] - z
+        keep = ~near_a_seam
+        assert keep.sum() >= hz * wz // 3 and frame_delta.abs().max() > 0
+        torch.testing.assert_close(frame_delta[..., keep], (total / count)[..., keep], rtol=1e-4, atol=1e-6)
+
+
+def test_the_authors_tile_layout_and_padding_at_benchmark_sizes(pipe):
+    from mgld.config import Config
+    from mgld.pipeline.pipeline import padding
+
+    assert padding(720, 1280) == (16, 32) and padding(720, 1280, "fixed") == (16, 0)
+    assert padding(736, 1312) == (0, 0) and padding(100, 128) == (28, 32)
+    full = MGLDPipeline(pipe.denoiser, pipe.vae, replace(Config(), model=pipe.config.model))
+    plan = full.tile_plan(180, 320)  # REDS4 / UDM10: 1280x720 after x4
+    assert plan.upsampled_size == (720, 1280) and plan.padded_size == (736, 1312) and plan.latent_size == (92, 164)
+    assert [(t.box.left, t.box.width) for t in plan.tiles] == [(0, 960), (352, 960)]
+    assert full.num_passes(180, 320) == 2
+    frame_plan = MGLDPipeline(pipe.denoiser, pipe.vae, _with(full.config, ["sampling.pixel_tiling=frame"]))
+    assert frame_plan.tile_plan(180, 320).guidance_factor == pytest.approx(164 / 120)
+    plan = full.tile_plan(360, 640)  # 2560x1440: four tiles per row, flows cut by the authors' 120/93
+    lefts = [(t.box.left, t.latent_box.left, t.flow_box.left) for t in plan.tiles if t.box.top == 0]
+    assert lefts == [(0, 0, 0), (750, 93, 93), (1500, 187, 186), (1600, 200, 200)]
+    fixed = MGLDPipeline(pipe.denoiser, pipe.vae, _with(full.config, ["sampling.flow_tile_crop=fixed"]))
+    assert all(t.flow_box == t.latent_box for t in fixed.tile_plan(360, 640).tiles)
+    assert len(plan.tiles) == 8 and [t.box.top for t in plan.tiles[:2]] == [0, 480]  # row index fastest
+
+
+def test_crop_before_the_final_resize_uses_the_upsampled_size(pipe, monkeypatch):
+    """LR 100x133 with a 512-px short side: s = 5.12, upsampled to 512x680 (int), padded to 544x704; the crop
+    keeps exactly those 512x680 pixels (round() would keep a padded column) before resizing to 400x532."""
+    import torch.nn.functional as F
+
+    p = MGLDPipeline(pipe.denoiser, pipe.vae, _with(pipe.config, ["infer.min_short_side=512",
+                                                                  "decode.tile_size=1024",
+                                                                  "sampling.guidance_scale=0"]))
+    plan = p.tile_plan(100, 133)
+    assert plan.upsampled_size == (512, 680) and plan.padded_size == (544, 704)
+    monkeypatch.setattr(p, "_pass", lambda up, *a: (up, torch.zeros(up.shape[0], 4, 68, 88), {}))  # identity
+    lr = _clip(1, 100, 133)
+    out = p.upscale_clip(lr, [0]).frames
+    up = F.interpolate(lr * 2 - 1, size=(512, 680), mode="bicubic", align_corners=False).clamp(-1, 1)
+    expected = F.interpolate(((up + 1) / 2).clamp(0, 1), size=(400, 532), mode="bicubic",
+                             align_corners=False).clamp(0, 1)
+    assert out.shape == (1, 3, 400, 532)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+
+
+def test_short_sequences_repeat_the_last_frame_up_to_the_clip_length(pipe):
+    from mgld.diffusion.noise import FrameNoise
+
+    lr = _clip(2)
+    padded = torch.cat([lr, lr[-1:].expand(3, -1, -1, -1)])
+    assert torch.equal(pipe(lr, progress_bar=False), pipe(padded, progress_bar=False)[:2])
+    recorder = _Recorder(FrameNoise(42, list(range(5)), (4, 12, 16), 2))
+    assert pipe.upscale_clip(lr, [0, 1], noise=recorder).frames.shape == (2, 3, 96, 128)
+    assert {calls[3] for calls in recorder.calls} == {5}  # the noise of 5 frames: 0, 1 and the repeats 2, 3, 4
+    short = MGLDPipeline(pipe.denoiser, pipe.vae, _with(pipe.config, ["chunk.short_sequences=short"]))
+    recorder = _Recorder(FrameNoise(42, [0, 1], (4, 12, 16), 2))
+    out = short.upscale_clip(lr, [0, 1], noise=recorder).frames
+    assert out.shape == (2, 3, 96, 128) and {calls[3] for calls in recorder.calls} == {2}
+    assert not torch.equal(out, pipe(lr, progress_bar=False))
+
+
+def test_flow_runs_in_the_configured_autocast_at_the_configured_resolution(pipe, monkeypatch):
+    import mgld.pipeline.pipeline as P
+
+    seen = []
+
+    class Estimator:
+        def __call__(self, ref, sup):
+            seen.append((tuple(ref.shape[-2:]), torch.is_autocast_enabled("cpu")))
+            return torch.zeros(ref.shape[0], 2, *ref.shape[-2:])
+
+    monkeypatch.setattr(P, "autocast_dtype", lambda precision, device: torch.bfloat16)  # CPU autocast stands in
+    lr = _clip(2, 16, 24)
+    for overrides, expected in (([], ((16, 24), True)), (["flow.precision=fp32"], ((16, 24), False)),
+                                (["flow.resolution=upsampled"], ((64, 96), True))):
+        p = MGLDPipeline(pipe.denoiser, pipe.vae, _with(pipe.config, overrides), flow_estimator=Estimator())
+        monkeypatch.setattr(p, "_pass", lambda up, *a: (up, torch.zeros(2, 4, 8, 12), {}))
+        seen.clear()
+        p.upscale_clip(lr, [0, 1])
+        assert seen == [expected, expected], overrides  # W then B, on the LR-size or the upsampled frames
+
+
+def test_bilinear_upsampling_is_torchvision_resize(pipe):
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.functional import resize
+
+    p = MGLDPipeline(pipe.denoiser, pipe.vae, _with(pipe.config, ["infer.upsample_mode=bilinear",
+                                                                  "infer.min_short_side=64"]))
+    lr = _clip(2, 16, 24)
+    up, s = p.preprocess(lr)
+    assert s == 4.0 and up.shape[-2:] == (64, 96)
+    expected = resize(lr * 2 - 1, [64, 96], InterpolationMode.BILINEAR, antialias=True).clamp(-1, 1)
+    assert torch.equal(up, expected)
+
+
+# --------------------------------------------------------------------------- the Python API (issue 9)
+
+
+def test_readme_snippet_on_a_saved_folder(tmp_path, pipe):
+    folder = tmp_path / "tiny-mgld"
+    pipe.save_pretrained(folder)
+    from mgld import MGLDPipeline as Exported
+
+    pipe_loaded = Exported.from_pretrained(folder)
+    lr_uint8 = (_clip(3, 16, 24) * 255).to(torch.uint8)
+    frames = pipe_loaded(lr_uint8, num_inference_steps=2, seed=0)
+    assert frames.shape == (3, 3, 64, 96) and frames.dtype == torch.float32
+    cfg = pipe_loaded.config  # the inference sections came back: DIS flow, plain x4, tiny tiles
+    assert (cfg.flow.method, cfg.infer.min_short_side, cfg.decode, cfg.sampling) == (
+        "dis", 0, pipe.config.decode, pipe.config.sampling)
+    assert torch.equal(frames, pipe(lr_uint8.float() / 255, num_inference_steps=2, seed=0, progress_bar=False))
+
+
+def test_from_pretrained_expands_home_and_fetches_hub_repo_ids(tmp_path, pipe, monkeypatch):
+    import huggingface_hub
+
+    pipe.save_pretrained(tmp_path / "weights" / "tiny")
+    monkeypatch.setenv("HOME", str(tmp_path / "weights"))
+    assert MGLDPipeline.from_pretrained("~/tiny").config.infer.weights == str(tmp_path / "weights" / "tiny")
+    asked = []
+
+    def snapshot_download(repo_id, revision=None, allow_patterns=None):
+        asked.append((repo_id, revision))
+        return str(tmp_path / "weights" / "tiny")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    loaded = MGLDPipeline.from_pretrained("someone/tiny-mgld", revision="v1", overrides=["sampling.steps=3"])
+    assert asked == [("someone/tiny-mgld", "v1")] and loaded.config.sampling.steps == 3
+
+    def offline(**kwargs):
+        raise OSError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(FileNotFoundError, match="someone/else: not a local folder.*Hub repo failed"):
+        MGLDPipeline.from_pretrained("someone/else")
+    with pytest.raises(FileNotFoundError, match="config.yaml: not found"):
+        MGLDPipeline.from_pretrained(tmp_path)
+
+
+def test_frames_in_every_documented_layout_and_dtype(pipe):
+    import numpy as np
+    from PIL import Image
+
+    from mgld.pipeline.pipeline import to_frames_tensor
+
+    u8 = (_clip(2, 6, 7) * 255).to(torch.uint8)  # t 3 h w
+    reference = u8.float() / 255
+    thwc = u8.permute(0, 2, 3, 1).numpy()  # what PyAV / torchvision.io give
+    layouts = [u8, thwc, torch.from_numpy(thwc), list(thwc), [Image.fromarray(a) for a in thwc], list(reference)]
+    for frames in layouts:
+        assert torch.equal(to_frames_tensor(frames), reference)
+    u16 = thwc.astype(np.uint16) * 257
+    torch.testing.assert_close(to_frames_tensor(u16), reference)
+    assert to_frames_tensor([np.zeros((6, 7), np.uint8)]).shape == (1, 3, 6, 7)
+    for bad, message in ((reference * 255, r"must lie in \[0, 1\], got values in \[0, 25"),
+                         (u8.to(torch.int64), "uint8 .* or uint16"), (reference[0], "4 dimensions"),
+                         ([], "no frames"), ([thwc[0], thwc[0][:5]], "same size")):
+        with pytest.raises(ValueError, match=message):
+            to_frames_tensor(bad)
+
+
+def test_progress_bar_and_step_callback(pipe, capsys):
+    infos = []
+    lr = _clip(6, 16, 24)  # chunks [0, 5) and [1, 6)
+    pipe(lr, callback=infos.append, progress_bar=False)
+    assert capsys.readouterr().err == ""
+    assert [(i["chunk"], i["step"], i["tile"], i["num_tiles"]) for i in infos] == [
+        (c, k, 0, 1) for c in (0, 1) for k in (1, 0)]
+    assert infos[0]["latents"].shape == (5, 4, 8, 12) and infos[0]["guidance_loss"] is not None
+    pipe(lr[:2])
+    assert "MGLD" in capsys.readouterr().err  # the tqdm bar
+
+
+def test_sampler_reports_through_one_callback_and_records_the_anchor(pipe):
+    import inspect
+
+    from mgld.diffusion.schedule import respaced_schedule
+
+    assert not {"profiler", "progress", "record"} & set(inspect.signature(sample).parameters)
+    cfg = _with(pipe.config, ["chunk.overlap=2"])
+    p = MGLDPipeline(pipe.denoiser, pipe.vae, cfg)
+    seen = []
+    result = p.upscale_clip(_clip(5), range(5), record=2, callback=seen.append)
+    assert sorted(result.trajectory) == [0, 1]
+    for info in seen:
+        assert torch.equal(result.trajectory[info["step"]], info["latents"][-2:])
+    z_lr = torch.randn(5, 4, 12, 16)
+    x = sample(p.denoiser, respaced_schedule(3), z_lr, FrameNoise(0, list(range(5)), (4, 12, 16), 3),
+               callback=seen.append)
+    assert [i["step"] for i in seen[-3:]] == [2, 1, 0] and torch.equal(seen[-1]["latents"], x)
+
+
+def test_anchor_trajectory_is_kept_per_pixel_tile(pipe):
+    from mgld.diffusion.sampling import Anchor
+
+    p = MGLDPipeline(pipe.denoiser, pipe.vae, _with(pipe.config, TWO_TILES + ["chunk.overlap=2"]))
+    first = p.upscale_clip(_clip(5, 16, 24), range(5), record=2)
+    assert sorted(first.trajectory) == [(t, k) for t in (0, 1) for k in (0, 1)]
+    anchor = Anchor(first.trajectory, 1.0)
+    assert sorted(anchor.for_tile(1).trajectory) == [0, 1]
+    second = p.upscale_clip(_clip(5, 16, 24, seed=1), range(3, 8), anchor=anchor)
+    assert second.frames.shape == (5, 3, 64, 96)
+    out = p(_clip(8, 16, 24), progress_bar=False)  # overlapping chunks through __call__
+    assert out.shape == (8, 3, 64, 96)
+
+
+def test_frame_noise_draws_are_the_same_in_any_order_with_or_without_the_cache():
+    from mgld.diffusion.noise import FrameNoise, draw_index
+
+    box = TileBox(1, 2, 3, 4)
+    streams = _streams(7, [3, 9], (4, 5, 6), 5)  # 5 draws: posterior, x_T, xi(k = 3, 2, 1) of N = 4 steps
+    asked = [("xi", 1), ("posterior", None), ("xi", 3), ("x_T", None), ("xi", 2), ("xi", 1)]
+    for cache_bytes in (2**30, 0):
+        noise = FrameNoise(7, [3, 9], (4, 5, 6), num_steps=4, cache_bytes=cache_bytes)
+        for kind, step in asked:
+            assert torch.equal(noise.draw(kind, step, box), box.crop(streams[draw_index(kind, step, 4)]))
+    with pytest.raises(ValueError, match="xi draw needs a step"):
+        noise.draw("xi", 0, box)
+    with pytest.raises(ValueError, match="outside the noise grid"):
+        noise.draw("x_T", None, TileBox(4, 0, 3, 3))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fp16_authors_noise_and_flow_under_autocast(pipe):
+    from mgld.diffusion.noise import AuthorsNoise
+
+    noise = AuthorsNoise(5, 5, device="cuda")
+    first = noise.draw("posterior", None, TileBox(0, 0, 8, 8))
+    x_t = noise.draw("x_T", None, TileBox(0, 0, 8, 8))
+    torch.manual_seed(5)
+    torch.cuda.manual_seed(5)
+    assert torch.equal(first, torch.randn(5, 4, 8, 8)) and torch.equal(x_t, torch.randn(5, 4, 8, 8, device="cuda"))
+    p = MGLDPipeline(pipe.denoiser, pipe.vae, _with(pipe.config, TWO_TILES + ["infer.device=cuda",
+                                                                             "infer.precision=fp16"])).to("cuda")
+    out = p(_clip(5, 16, 24), progress_bar=False)
+    assert out.shape == (5, 3, 64, 96) and torch.isfinite(out).all()
+    pipe.to("cpu")

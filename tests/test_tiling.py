@@ -5,7 +5,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from mgld.diffusion.tiling import TileBox, blend_tiles, feather_weights, gaussian_weights, tile_boxes, tile_starts
+from mgld.diffusion.tiling import (
+    TileBox,
+    blend_tiles,
+    feather_weights,
+    gaussian_weights,
+    pixel_tile_boxes,
+    pixel_tile_starts,
+    tile_boxes,
+    tile_starts,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "oracle"
 
@@ -33,7 +42,30 @@ def test_tile_boxes_smaller_latent_is_one_whole_tile():
     assert tile_boxes(12, 20, tile=64, overlap=32) == [TileBox(0, 0, 12, 20)]
     boxes = tile_boxes(100, 64, tile=64, overlap=32)
     assert [(b.top, b.left) for b in boxes] == [(0, 0), (32, 0), (36, 0)]
-    assert TileBox(1, 2, 3, 4).scaled(8) == TileBox(8, 16, 24, 32)
+    assert TileBox(750, 1500, 960, 960).downscaled(8) == TileBox(93, 187, 120, 120)  # starts floored
+
+
+@pytest.mark.parametrize("length, starts", [
+    (736, [0]), (960, [0]), (961, [0, 1]), (1312, [0, 352]), (1600, [0, 640]), (2560, [0, 750, 1500, 1600]),
+])
+def test_pixel_tile_starts_are_the_authors_960_750(length, starts):
+    assert pixel_tile_starts(length, 960, 750) == starts
+
+
+def test_pixel_tile_starts_on_the_latent_grid_drift_from_the_pixel_starts():
+    # the authors cut the flows with 960 // 8 = 120 and 750 // 8 = 93: the third tile is 1 latent px off
+    assert pixel_tile_starts(320, 120, 93) == [0, 93, 186, 200]
+    assert [s // 8 for s in pixel_tile_starts(2560, 960, 750)] == [0, 93, 187, 200]
+
+
+def test_pixel_tile_boxes_in_the_authors_order():
+    boxes = pixel_tile_boxes(1440, 2560, 960, 750)
+    assert len(boxes) == 8 and {(b.height, b.width) for b in boxes} == {(960, 960)}
+    assert [(b.top, b.left) for b in boxes[:3]] == [(0, 0), (480, 0), (0, 750)]  # the row index runs fastest
+    assert pixel_tile_boxes(500, 700, 960, 750) == [TileBox(0, 0, 500, 700)]
+    assert pixel_tile_boxes(736, 1312, 960, 750) == [TileBox(0, 0, 736, 960), TileBox(0, 352, 736, 960)]
+    with pytest.raises(ValueError):
+        pixel_tile_starts(100, 64, 0)
 
 
 def test_gaussian_weights_are_the_fixtures():

@@ -9,8 +9,9 @@ For k = N-1 … 0 (respaced steps; the networks see the original timestep ``S[k]
    warping loss (:mod:`mgld.diffusion.guidance`);
 4. optionally pull the first frames toward the previous overlapping chunk's trajectory (:class:`Anchor`).
 
-Randomness is drawn per frame (:class:`FrameNoise`): the noise of frame ``i`` depends only on the seed and
-``i``, so results do not depend on how a video is cut into chunks, on resuming, or on the device count.
+Random numbers come from a noise source (:mod:`mgld.diffusion.noise`), asked for ``x_T`` first, then for ξ
+of k = N−1 … 1 (the VAE posterior draw, before these, is the pipeline's). A per-step ``callback(info)`` (the
+k-diffusion style) sees every step's results; progress bars, trajectory recording and timing are built on it.
 """
 
 from __future__ import annotations
@@ -22,10 +23,9 @@ import torch
 from torch import Tensor
 
 from mgld.diffusion.guidance import guidance_step
-from mgld.diffusion.noise import FrameNoise
+from mgld.diffusion.noise import NoiseSource
 from mgld.diffusion.schedule import RespacedSchedule
-from mgld.diffusion.tiling import blend_tiles, tile_boxes
-from mgld.perf.profiler import StageProfiler, stage
+from mgld.diffusion.tiling import TileBox, blend_tiles, tile_boxes
 
 
 @dataclass
@@ -41,6 +41,17 @@ class MotionGuidance:
     scale: float = 10.0
     variant: str = "authors"
 
+    def apply(self, latents: Tensor, log_variance: float, num_frames: int) -> tuple[Tensor, Tensor | None]:
+        """The guided update of one step (:func:`mgld.diffusion.guidance.guidance_step`): latents ``t 4 h w``
+        -> (updated latents, loss before the update or None when ``scale`` is 0)."""
+        return guidance_step(latents, self.flows, self.masks, self.scale, log_variance, self.variant,
+                             num_frames=num_frames)
+
+    def crop(self, box: TileBox) -> MotionGuidance:
+        """The same guidance on the latent tile ``box`` of the flows and masks."""
+        return MotionGuidance(tuple(box.crop(f) for f in self.flows), tuple(box.crop(m) for m in self.masks),
+                              self.scale, self.variant)
+
 
 @dataclass
 class Anchor:
@@ -51,12 +62,19 @@ class Anchor:
     ``½·strength·‖z_a − trajectory‖²``; strength 1 copies the previous chunk).
     """
 
-    trajectory: dict[int, Tensor]
+    trajectory: dict
     strength: float = 0.5
 
     @property
     def num_frames(self) -> int:
         return next(iter(self.trajectory.values())).shape[0]
+
+    def for_tile(self, tile: int) -> Anchor:
+        """The anchor of pixel tile ``tile`` when the trajectory was recorded per tile (keys ``(tile, k)``, what
+        the pipeline records with several pixel tiles); the anchor itself when its keys are plain steps."""
+        if not any(isinstance(key, tuple) for key in self.trajectory):
+            return self
+        return Anchor({k: v for (i, k), v in self.trajectory.items() if i == tile}, self.strength)
 
     def pull(self, x: Tensor, k: int) -> Tensor:
         o = self.num_frames
@@ -122,18 +140,16 @@ def sampling_step(
     tile_size: int = 64,
     tile_overlap: int = 32,
     tile_batch: int = 1,
-    profiler: StageProfiler | None = None,
 ) -> StepResult:
-    """One respaced step ``k`` from ``x`` (``t 4 h w``); ``noise`` is ξ (ignored, may be None, at k = 0)."""
-    with stage(profiler, "encoder+unet"):
-        eps = predict_noise(denoiser, x, schedule.timestep(k), z_lr, num_frames, tile_size, tile_overlap,
-                            tile_batch)
+    """One respaced step ``k`` from ``x`` (``t 4 h w``); ``noise`` is ξ (ignored, may be None, at k = 0).
+
+    ``guidance`` is anything with ``apply(latents, log_variance, num_frames) -> (latents, loss)``
+    (:class:`MotionGuidance`)."""
+    eps = predict_noise(denoiser, x, schedule.timestep(k), z_lr, num_frames, tile_size, tile_overlap, tile_batch)
     out = schedule.step(eps.to(x.dtype), k, x, noise=noise if k > 0 else None)
     latents, loss = out.prev_sample, None
-    if guidance is not None and guidance.scale != 0:
-        with stage(profiler, "guidance"):
-            latents, loss = guidance_step(latents, guidance.flows, guidance.masks, guidance.scale,
-                                          schedule.log_variance(k), guidance.variant, num_frames=num_frames)
+    if guidance is not None:
+        latents, loss = guidance.apply(latents, schedule.log_variance(k), num_frames)
     if anchor is not None:
         latents = anchor.pull(latents, k)
     return StepResult(latents, out.mean, out.pred_x0, out.prev_sample, loss)
@@ -143,33 +159,37 @@ def sample(
     denoiser: Callable,
     schedule: RespacedSchedule,
     z_lr: Tensor,
-    noise: FrameNoise,
+    noise: NoiseSource,
     *,
+    box: TileBox | None = None,
     guidance: MotionGuidance | None = None,
     anchor: Anchor | None = None,
-    record: int = 0,
     tile_size: int = 64,
     tile_overlap: int = 32,
     tile_batch: int = 1,
-    progress: Callable[[int], None] | None = None,
-    profiler: StageProfiler | None = None,
-) -> tuple[Tensor, dict[int, Tensor]]:
-    """Sample one clip: ``x_T = √ᾱ_999·z_lr + √(1−ᾱ_999)·ε``, then every step (k = N-1 … 0).
+    callback: Callable[[dict], None] | None = None,
+) -> Tensor:
+    """Sample one clip (or one pixel tile of it): ``x_T = √ᾱ_999·z_lr + √(1−ᾱ_999)·ε``, then every step
+    k = N−1 … 0.
 
-    z_lr: ``t 4 h w`` clean LR latent (scaled by 0.18215) of the ``t`` frames ``noise`` was made for.
-    Returns the final latents ``t 4 h w`` and, when ``record > 0``, the trajectory of the last ``record``
-    frames (``{k: record 4 h w}``, what the next overlapping chunk anchors to).
+    z_lr: ``t 4 h w`` clean LR latent (scaled by 0.18215). ``noise`` is asked for ``("x_T", None, box)``, then
+    ``("xi", k, box)`` for k = N−1 … 1; ``box`` is where this latent lies on the frame's latent grid (default: the
+    whole of ``z_lr``). After each step ``callback`` gets a dict: ``step`` (k), ``index`` (0 … N−1),
+    ``num_steps``, ``latents`` (``t 4 h w`` after guidance and anchor), ``pred_x0``, ``mean``,
+    ``before_guidance`` and ``guidance_loss`` (None without guidance). Returns the final latents ``t 4 h w``.
     """
-    num_frames = z_lr.shape[0]
-    x = schedule.initial_latents(z_lr, noise=noise.draw(z_lr.device, z_lr.dtype))
-    trajectory = {}
-    for k in reversed(range(schedule.num_steps)):
-        xi = noise.draw(z_lr.device, z_lr.dtype) if k > 0 else None
-        x = sampling_step(denoiser, schedule, x, k, z_lr, num_frames, xi, guidance=guidance, anchor=anchor,
-                          tile_size=tile_size, tile_overlap=tile_overlap, tile_batch=tile_batch,
-                          profiler=profiler).latents
-        if record:
-            trajectory[k] = x[-record:].detach().clone()
-        if progress is not None:
-            progress(1)
-    return x, trajectory
+    num_frames, (h, w) = z_lr.shape[0], z_lr.shape[-2:]
+    box = box or TileBox(0, 0, h, w)
+    if (box.height, box.width) != (h, w):
+        raise ValueError(f"latent box {box} does not match the latent of size {(h, w)}")
+    x = schedule.initial_latents(z_lr, noise=noise.draw("x_T", None, box).to(z_lr.device, z_lr.dtype))
+    for index, k in enumerate(reversed(range(schedule.num_steps))):
+        xi = noise.draw("xi", k, box).to(z_lr.device, z_lr.dtype) if k > 0 else None
+        out = sampling_step(denoiser, schedule, x, k, z_lr, num_frames, xi, guidance=guidance, anchor=anchor,
+                            tile_size=tile_size, tile_overlap=tile_overlap, tile_batch=tile_batch)
+        x = out.latents
+        if callback is not None:
+            callback({"step": k, "index": index, "num_steps": schedule.num_steps, "latents": x,
+                      "pred_x0": out.pred_x0, "mean": out.mean, "before_guidance": out.before_guidance,
+                      "guidance_loss": out.guidance_loss})
+    return x

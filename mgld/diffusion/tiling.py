@@ -2,12 +2,13 @@
 
 The sampler runs the UNet tile by tile over the latent and stitches the noise predictions as
 ``ε̂ = Σ G·ε̂_tile / Σ G`` with the authors' Gaussian window :func:`gaussian_weights`; decoding to pixels can be
-tiled the same way with a smooth window (:func:`feather_weights` or a Gaussian), not the uniform average of
-the released script (docs/algorithm.md §5).
+tiled the same way with a smooth window (:func:`feather_weights` or a Gaussian) in the whole-frame mode
+(``sampling.pixel_tiling=frame``); the authors' per-pixel-tile mode averages its tiles uniformly instead.
 
-Tile placement per axis (:func:`tile_starts`): stride ``tile − overlap``, starts 0, stride, 2·stride, …, the
-last tile snapped to the end (``length − tile``); one tile covering everything when ``length ≤ tile``, so a
-latent smaller than the tile is processed whole.
+Tile placement per axis (:func:`tile_starts`, latent tiles): stride ``tile − overlap``, starts 0, stride,
+2·stride, …, the last tile snapped to the end (``length − tile``); one tile covering everything when
+``length ≤ tile``, so a latent smaller than the tile is processed whole. Pixel tiles follow the authors' own rule
+(:func:`pixel_tile_starts`): starts ``range(0, length, stride)`` clamped to ``length − size``.
 
 Typical use::
 
@@ -38,9 +39,10 @@ class TileBox:
         """The tile of ``x``: ``(..., H, W)`` → ``(..., height, width)`` (a view)."""
         return x[..., self.top : self.top + self.height, self.left : self.left + self.width]
 
-    def scaled(self, factor: int) -> TileBox:
-        """The same tile on a grid ``factor`` times finer (e.g. latent → pixels with 8)."""
-        return TileBox(self.top * factor, self.left * factor, self.height * factor, self.width * factor)
+    def downscaled(self, factor: int) -> TileBox:
+        """The tile on a grid ``factor`` times coarser, starts floored (pixels → latent with 8: a pixel tile
+        starting at 750 starts at latent 93)."""
+        return TileBox(self.top // factor, self.left // factor, self.height // factor, self.width // factor)
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -64,6 +66,30 @@ def tile_boxes(height: int, width: int, tile: int, overlap: int) -> list[TileBox
         TileBox(top, left, min(tile, height), min(tile, width))
         for top in tile_starts(height, tile, overlap)
         for left in tile_starts(width, tile, overlap)
+    ]
+
+
+def pixel_tile_starts(length: int, size: int, stride: int) -> list[int]:
+    """Start offsets of the authors' pixel tiles along one axis (their ``ImageSpliterTh``, docs/algorithm.md §5).
+
+    ``length ≤ size``: one tile at 0 (covering the axis). Otherwise ``range(0, length, stride)`` with every start
+    clamped to ``length − size`` and repeated values dropped, first occurrence kept (so every tile is ``size``
+    long and the last one ends at ``length``): ``pixel_tile_starts(1312, 960, 750) == [0, 352]``.
+    """
+    if size <= 0 or stride <= 0:
+        raise ValueError(f"need size > 0 and stride > 0, got size={size}, stride={stride}")
+    if length <= size:
+        return [0]
+    return list(dict.fromkeys(min(start, length - size) for start in range(0, length, stride)))
+
+
+def pixel_tile_boxes(height: int, width: int, size: int, stride: int) -> list[TileBox]:
+    """The authors' pixel tiles over a ``height × width`` frame, in their order (the row index runs fastest);
+    every tile is ``min(size, height) × min(size, width)``."""
+    return [
+        TileBox(top, left, min(size, height), min(size, width))
+        for left in pixel_tile_starts(width, size, stride)
+        for top in pixel_tile_starts(height, size, stride)
     ]
 
 
@@ -143,4 +169,13 @@ def blend_tiles(
     return total / norm
 
 
-__all__ = ["TileBox", "blend_tiles", "feather_weights", "gaussian_weights", "tile_boxes", "tile_starts"]
+__all__ = [
+    "TileBox",
+    "blend_tiles",
+    "feather_weights",
+    "gaussian_weights",
+    "pixel_tile_boxes",
+    "pixel_tile_starts",
+    "tile_boxes",
+    "tile_starts",
+]

@@ -1,7 +1,9 @@
 """Cutting a long sequence into the clips the temporal layers see together (``chunk.frames`` frames each).
 
 With ``chunk.overlap = 0`` the chunks are independent, as in the authors' script; a last partial chunk is moved
-back to end at the last frame and only its new frames are written (no duplicated frames). With
+back to end at the last frame and only its new frames are written (no duplicated frames). A sequence shorter than
+``chunk.frames`` is one short chunk; the pipeline repeats its last frame up to ``chunk.frames`` before sampling
+(``chunk.short_sequences=repeat``, as the authors) or runs it short (``short``). With
 ``chunk.overlap = o > 0`` consecutive chunks share ``o`` frames: the later chunk's first frames are pulled toward
 the earlier chunk's sampling trajectory (:class:`mgld.diffusion.sampling.Anchor`) and the shared output frames
 are cross-faded (:meth:`Chunk.blend`).

@@ -52,9 +52,10 @@ def process_sequence(pipe, sequence, writer, chunks: list[Chunk], progress: bool
                 held, trajectory = {}, {}
                 continue
             anchor = Anchor(trajectory, strength) if chunk.anchored and trajectory else None
-            with tqdm(total=steps, desc="denoising", unit="step", disable=not progress, leave=False) as step_bar:
+            total = steps * pipe.num_passes(sequence.height, sequence.width)
+            with tqdm(total=total, desc="denoising", unit="step", disable=not progress, leave=False) as step_bar:
                 result = pipe.upscale_clip(reader.read(chunk.start, chunk.stop), indices, anchor=anchor,
-                                           record=chunk.record, progress=step_bar.update)
+                                           record=chunk.record, callback=lambda _: step_bar.update())
             trajectory = result.trajectory
             for i, frame in zip(indices, result.frames):
                 if i in held:
