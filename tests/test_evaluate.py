@@ -245,3 +245,13 @@ def test_ewarp_flow_from_the_upsampled_lr_input(dataset, monkeypatch):
     expected = M.to_tensor(E.upsample_to(lr, (64, 96)))
     assert torch.equal(seen[0][0], expected[0]) and torch.equal(seen[1][0], expected[1])  # ref of fwd, then bwd
     assert report.mean["bicubic"]["ewarp"] > 0
+
+
+def test_broken_raft_weights_are_an_error_not_a_skip(small, tmp_path):
+    broken = tmp_path / "raft-things.pth"
+    broken.write_bytes(b"\x80\x02garbage")
+    with pytest.raises(SystemExit) as err:
+        _script("evaluate").main(["--pred", f"m={small / 'pred64'}", "--metrics", "ewarp", "--flow", "raft",
+                                  "--raft-weights", str(broken), "--out", str(tmp_path / "r"), "--quiet"])
+    assert str(err.value.code).startswith(f"error: {broken}: not a readable PyTorch checkpoint")
+    assert not (tmp_path / "r").exists()

@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         write_pictures,
         write_report,
     )
+    from mgld.weights.checkpoints import CheckpointError
 
     settings = EvalSettings(
         metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()), crop_border=args.crop_border,
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         inputs = prepare(preds, args.gt, settings, args.lr)
         check_profile(inputs, args.profile_row, args.profile_col)
         report = evaluate(preds, args.gt, settings, progress=not args.quiet, lr=args.lr, inputs=inputs)
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, CheckpointError) as err:
         raise SystemExit(f"error: {err}") from None
     print(markdown_table(report))
     if args.out:

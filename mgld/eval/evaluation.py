@@ -40,6 +40,7 @@ import torch
 
 from mgld.eval import metrics as M
 from mgld.io.atomic import atomic_write
+from mgld.weights.checkpoints import CheckpointError
 
 logger = logging.getLogger(__name__)
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -306,9 +307,14 @@ def build_metrics(settings: EvalSettings, have_gt: bool) -> tuple[dict[str, Call
                                                    crop_border=settings.crop_border, y_channel=settings.y_channel)
         except M.WeightsUnavailable as err:
             skipped[name] = str(err)
+        except CheckpointError:  # weights the user named (--raft-weights) that do not load: an error, not a skip
+            raise
         except (ImportError, OSError, RuntimeError) as err:  # a package that does not import, a broken cache
             skipped[name] = f"could not be built ({_one_line(err)})"
         if name in skipped:
+            needs = M.METRICS[name].weights
+            if (" and " in needs or ", " in needs) and "needs GT" not in skipped[name]:  # more than the file named
+                skipped[name] += f" (it needs {needs})"
             logger.warning("metric %s skipped: %s", name, skipped[name])
     return built, skipped, notes
 
