@@ -172,6 +172,7 @@ def test_ewarp_equals_the_lai_formula_on_a_pair_with_a_known_occlusion():
                 sq += float(np.sum((target / 255.0 - frames[0, y, x] / 255.0) ** 2))
                 count += 3
     expected = sq / count
+    assert count == 3 * (h * w - 8) and expected == pytest.approx(0.16206215558118672, rel=1e-12)  # 40 visible px
 
     first = M.to_tensor(frames[:1])
     estimator = FixedFlows(first, torch.from_numpy(fwd).float()[None], torch.from_numpy(bwd).float()[None])
