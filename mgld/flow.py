@@ -19,11 +19,15 @@ Conventions, fixed once for the whole package:
 
 Estimators: RAFT (torchvision ``raft_large``, the authors' choice with ``raft-things`` weights), SpyNet
 (basicsr) and OpenCV DIS (weight-free, for machines without RAFT weights). Weights are read from local files
-only.
+only. RAFT weights may be a torchvision ``raft_large`` state dict, the original ``raft-things.pth``, an official
+stage-1 ``.ckpt`` (its ``flownet_model.*`` tensors, the RAFT the authors' inference runs) or a converted mgld
+folder (its ``flow.safetensors``); SpyNet weights basicsr's release or the official video-VAE ``.ckpt`` (its
+``loss.flownet.*`` tensors). A file that does not fit raises a one-line error naming it.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,6 +40,9 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from mgld._compat import import_basicsr
+from mgld.weights.hub import STAGE1_RAFT_PREFIX  # RAFT inside the official stage-1 checkpoint
+
+log = logging.getLogger(__name__)
 
 RAFT_THINGS_SOURCE = (
     "raft-things.pth from princeton-vl/RAFT (download_models.sh: "
@@ -199,6 +206,7 @@ RAFT_ORIGINAL_TO_TORCHVISION: tuple[tuple[str, str], ...] = (
 # Prefixes a raft-things state dict may carry: DataParallel's, or that of the RAFT_SR keys (same layout)
 # taken out of the authors' stage-1 checkpoint.
 _RAFT_PREFIXES = ("flownet_model.", "module.")
+VAE_SPYNET_PREFIX = "loss.flownet."  # SpyNet inside the official video-VAE checkpoint (stage-2 loss)
 
 
 def convert_raft_things_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -222,22 +230,47 @@ def convert_raft_things_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str
     return converted
 
 
-def _load_state_dict(path: Path) -> dict[str, Tensor]:
-    """Tensors of a weights file, read safely by :mod:`mgld.weights.checkpoints` (basicsr's ``params`` unwrapped)."""
+def _load_state_dict(path: Path, prefix: str | None = None) -> dict[str, Tensor]:
+    """Tensors of a weights file, read safely by :mod:`mgld.weights.checkpoints` (basicsr's ``params`` and
+    Lightning's ``state_dict`` unwrapped). When some keys start with ``prefix`` (a network stored inside a
+    bigger checkpoint), only those are kept, without the prefix."""
     from mgld.weights.checkpoints import load_state_dict_file
 
-    return load_state_dict_file(path, nested_keys=("params", "state_dict"))
+    state_dict = load_state_dict_file(path, nested_keys=("params", "state_dict"))
+    if prefix and any(key.startswith(prefix) for key in state_dict):
+        state_dict = {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
+    return state_dict
 
 
-def _find_weights(weights: str | Path | None, default_name: str, where: str) -> Path:
-    """``weights`` if given, else ``default_name`` in torch hub's checkpoint cache; must exist."""
-    path = Path(weights) if weights is not None else Path(torch.hub.get_dir()) / "checkpoints" / default_name
+def _find_weights(weights: str | Path | None, default_name: str, where: str, folder_file: str | None = None) -> Path:
+    """``weights`` if given (a converted folder means its ``folder_file``), else ``default_name`` in torch hub's
+    checkpoint cache; must exist."""
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / default_name
+    path = Path(weights).expanduser() if weights is not None else cached
+    if folder_file is not None and path.is_dir():
+        if not (path / folder_file).is_file():
+            raise FileNotFoundError(
+                f"flow weights not found: {path} is a folder without {folder_file} (converted before mgld kept the "
+                f"stage-1 checkpoint's RAFT?). Re-run `mgld convert --stage1 <mgldvsr_unet.ckpt> --out {path}`, or "
+                "pass a RAFT file as the flow weights"
+            )
+        return path / folder_file
     if not path.is_file():
         raise FileNotFoundError(
             f"flow weights not found: {path}. Get {where} and pass its path as `weights`"
             + ("" if weights is not None else f" or place it at {path}")
         )
     return path
+
+
+def _check_and_load(model: nn.Module, state_dict: Mapping[str, Tensor], path: Path, ignore_missing=()) -> None:
+    """Strict load that names ``path`` on any missing / unexpected key or shape mismatch (CheckpointError)."""
+    from mgld.weights.checkpoints import check_state_dict
+
+    expected = model.state_dict()
+    completed = dict(state_dict) | {k: expected[k] for k in ignore_missing if k not in state_dict}
+    check_state_dict(model, completed, f"flow weights {path}")
+    model.load_state_dict(completed, strict=True)
 
 
 class RaftEstimator(nn.Module):
@@ -276,21 +309,43 @@ class RaftEstimator(nn.Module):
         return flow[..., pad[2] : pad[2] + h, pad[0] : pad[0] + w].to(ref.dtype)
 
 
+def _raft_file(weights: str | Path | None) -> Path:
+    """The RAFT weight file ``weights`` names (a converted folder: its ``flow.safetensors``), or torchvision's
+    C_T_V1 file in torch hub's cache when ``weights`` is None."""
+    from torchvision.models.optical_flow import Raft_Large_Weights
+
+    from mgld.weights.hub import FLOW_FILE
+
+    url = Raft_Large_Weights.C_T_V1.url
+    return _find_weights(weights, url.rsplit("/", 1)[-1], f"{RAFT_THINGS_SOURCE}, or torchvision's {url}", FLOW_FILE)
+
+
+def raft_state_dict(weights: str | Path | None) -> dict[str, Tensor]:
+    """torchvision ``raft_large`` state dict from ``weights`` (any layout of the module docstring), not checked."""
+    from mgld.weights.checkpoints import CheckpointError
+
+    path = _raft_file(weights)
+    state_dict = _load_state_dict(path, prefix=STAGE1_RAFT_PREFIX)
+    if not any(key.startswith("feature_encoder.") for key in state_dict):
+        try:
+            state_dict = convert_raft_things_state_dict(state_dict)
+        except ValueError as err:
+            raise CheckpointError(f"flow weights {path}: {err}") from None
+    return state_dict
+
+
 def build_raft(weights: str | Path | None = None) -> nn.Module:
-    """torchvision ``raft_large`` with weights from a local file (torchvision's or the original raft-things).
+    """torchvision ``raft_large`` with weights from a local file or converted folder (module docstring).
 
     ``weights=None`` looks for torchvision's ``Raft_Large_Weights.C_T_V1`` file (the port of raft-things) in
-    torch hub's local cache; nothing is downloaded.
+    torch hub's local cache; nothing is downloaded. Keys and shapes are checked strictly.
     """
-    from torchvision.models.optical_flow import Raft_Large_Weights, raft_large
+    from torchvision.models.optical_flow import raft_large
 
-    torchvision_file = Raft_Large_Weights.C_T_V1.url.rsplit("/", 1)[-1]
-    where = f"{RAFT_THINGS_SOURCE}, or torchvision's {Raft_Large_Weights.C_T_V1.url}"
-    state_dict = _load_state_dict(_find_weights(weights, torchvision_file, where))
-    if not any(key.startswith("feature_encoder.") for key in state_dict):
-        state_dict = convert_raft_things_state_dict(state_dict)
+    path = _raft_file(weights)
     model = raft_large(weights=None, progress=False)
-    model.load_state_dict(state_dict, strict=True)
+    _check_and_load(model, raft_state_dict(path), path)
+    log.info("RAFT weights: %s", path)
     return model
 
 
@@ -306,12 +361,10 @@ class SpyNetEstimator(nn.Module):
         super().__init__()
         spynet_arch = import_basicsr("basicsr.archs.spynet_arch")
         self.model = spynet_arch.SpyNet(load_path=None).eval()
-        state_dict = _load_state_dict(_find_weights(weights, SPYNET_FILE, f"{SPYNET_FILE} ({SPYNET_URL})"))
-        missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
+        path = _find_weights(weights, SPYNET_FILE, f"{SPYNET_FILE} ({SPYNET_URL})")
         # the released file predates SpyNet's mean/std buffers, which the constructor fills in
-        missing = [key for key in missing if key not in ("mean", "std")]
-        if missing or unexpected:
-            raise KeyError(f"SpyNet weights do not match: missing {missing}, unexpected {unexpected}")
+        _check_and_load(self.model, _load_state_dict(path, prefix=VAE_SPYNET_PREFIX), path,
+                        ignore_missing=("mean", "std"))
 
     @torch.no_grad()
     def forward(self, ref: Tensor, sup: Tensor) -> Tensor:
@@ -365,12 +418,15 @@ def build_flow_estimator(
 ) -> FlowEstimator:
     """An ``estimator(ref, sup) -> (n, 2, h, w)`` for images ``(n, 3, h, w)`` in [0, 1] (module docstring).
 
-    ``raft``: torchvision ``raft_large``; ``weights`` is torchvision's state dict or the original
-    ``raft-things.pth``; ``None`` → torchvision's C_T_V1 file in torch hub's cache. ``raft_input_range``
+    ``raft``: torchvision ``raft_large``; ``weights`` is torchvision's state dict, the original
+    ``raft-things.pth``, an official stage-1 ``.ckpt`` or a converted folder (module docstring); ``None`` →
+    torchvision's C_T_V1 file in torch hub's cache (:func:`mgld.weights.hub.default_flow_weights` picks what
+    inference passes). ``raft_input_range``
     defaults to ``"unit"`` ([0, 1]), what the released model saw (docs/algorithm.md §4). ``spynet``: basicsr
     ``SpyNet`` with
     ``spynet_sintel_final-3d2a1287.pth``. ``dis``: OpenCV DIS, weight-free (``weights`` must be None).
-    Missing weight files raise ``FileNotFoundError``; nothing is downloaded.
+    Missing weight files raise ``FileNotFoundError``, files that do not fit ``CheckpointError`` naming the
+    file; nothing is downloaded.
     """
     if method == "raft":
         return RaftEstimator(build_raft(weights), raft_input_range, raft_iters).to(device)
@@ -392,6 +448,7 @@ __all__ = [
     "build_raft",
     "compute_flows",
     "convert_raft_things_state_dict",
+    "raft_state_dict",
     "flow_warp",
     "flows_and_masks",
     "latent_flows_and_masks",

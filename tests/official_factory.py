@@ -9,6 +9,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from conftest import load_oracle
+from raft_layout import random_raft, to_raft_things_layout
 
 
 def tiny_openclip_tower(width: int = 64, layers: int = 3, seed: int = 0) -> dict:
@@ -29,14 +30,18 @@ def openclip_penultimate(tower, ids: torch.Tensor) -> torch.Tensor:
         return tower.ln_final(x)
 
 
-def official_stage1_state_dict(with_tower: bool = True) -> dict:
-    """UNet + time-aware encoder of the fixture, plus the other parts a stage-1 checkpoint holds."""
+def official_stage1_state_dict(with_tower: bool = True, raft: torch.nn.Module | None = None,
+                               with_raft: bool = True) -> dict:
+    """UNet + time-aware encoder of the fixture, plus the other parts a stage-1 checkpoint holds: OpenCLIP tower,
+    SD VAE, schedule buffers and the RAFT_SR tensors (``flownet_model.*``, of ``raft`` or a random raft_large)."""
     sd = dict(load_oracle("unet.pt")["state_dict"])
     if with_tower:
         sd.update(tiny_openclip_tower()[0])
     for key, value in sd_first_stage().items():
         sd["first_stage_model." + key] = value
-    sd["flownet_model.fnet.conv1.weight"] = torch.randn(8, 3, 7, 7)
+    if with_raft:
+        raft = raft if raft is not None else random_raft()
+        sd.update(to_raft_things_layout(raft.state_dict(), prefix="flownet_model."))
     sd["betas"] = torch.linspace(1e-4, 2e-2, 1000)
     return sd
 

@@ -125,9 +125,64 @@ def test_truncated_wrong_and_foreign_state_dicts_name_file_and_keys(tmp_path, ti
     with pytest.raises(CheckpointError, match="denoiser.safetensors: not a readable safetensors file"):
         load_denoiser(tmp_path)
 
-    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(CheckpointError, match="broken.ckpt: truncated or damaged"):
         (tmp_path / "broken.ckpt").write_bytes(b"PK\x03\x04 garbage")
         load_torch_file(tmp_path / "broken.ckpt")
+
+
+def _damaged_zip_pickle(path, good):
+    import zipfile
+
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(path, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            dst.writestr(item, data[: len(data) // 2] if item.filename.endswith("data.pkl") else data)
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated_zip", "random_bytes", "damaged_pickle", "truncated_legacy",
+                                    "foreign_legacy"])
+def test_corrupt_checkpoints_name_the_file_and_never_suggest_an_unsafe_load(tmp_path, damage):
+    good, legacy = tmp_path / "good.ckpt", tmp_path / "legacy.pth"
+    state = {"state_dict": {"w": torch.randn(64, 64)}}
+    torch.save(state, good)
+    torch.save(state, legacy, _use_new_zipfile_serialization=False)
+    path = tmp_path / f"{damage}.ckpt"
+    if damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "truncated_zip":
+        path.write_bytes(good.read_bytes()[:3000])
+    elif damage == "random_bytes":
+        path.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
+                                       dtype=torch.uint8).numpy().tobytes())
+    elif damage == "damaged_pickle":
+        _damaged_zip_pickle(path, good)
+    elif damage == "truncated_legacy":
+        path.write_bytes(legacy.read_bytes()[:3000])
+    else:
+        torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": _Foreign()}, path,
+                   _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError) as err:
+        load_state_dict_file(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message
+    assert not any(word in message for word in ("weights_only", "trusted source", "arbitrary code"))
+    if damage == "foreign_legacy":
+        assert "refusing to unpickle" in message and "_Foreign" in message
+    assert torch.equal(load_state_dict_file(legacy)["w"], state["state_dict"]["w"])  # legacy format is fine
+
+
+def test_wrong_checkpoints_errors_name_the_file(tmp_path, oracle_cfg):
+    vae, stage1 = tmp_path / "video_vae_cfw.ckpt", tmp_path / "stage1.ckpt"
+    torch.save({"state_dict": official_vae_fixture()}, vae)
+    torch.save({"state_dict": official_stage1_state_dict(with_tower=False, with_raft=False)}, stage1)
+    for call, path in ((lambda: load_denoiser(vae, oracle_cfg), vae), (lambda: load_vae(stage1, oracle_cfg), stage1),
+                       (lambda: convert_official(tmp_path / "w", stage1=vae, cfg=oracle_cfg), vae),
+                       (lambda: convert_official(tmp_path / "w", vae=stage1, cfg=oracle_cfg), stage1),
+                       (lambda: init_denoiser_from_sd(vae, oracle_cfg), vae),
+                       (lambda: load_denoiser(stage1, oracle_cfg), stage1)):  # no OpenCLIP tower
+        with pytest.raises(ConversionError) as err:
+            call()
+        assert str(err.value).startswith(f"{path}: "), str(err.value)
 
 
 class _Foreign:
@@ -164,6 +219,8 @@ def test_convert_official_end_to_end(tmp_path, oracle_cfg):
     write_lightning_checkpoint(stage1, official_stage1_state_dict(), tmp_path)
     torch.save({"state_dict": official_vae_fixture(with_loss=True), "epoch": 3}, vae)
     out = convert_official(tmp_path / "converted", stage1=stage1, vae=vae, cfg=oracle_cfg)
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "denoiser.safetensors", "flow.safetensors",
+                                                     "vae.safetensors"]
 
     denoiser, cfg = load_denoiser(out)
     video_vae, _ = load_vae(out)

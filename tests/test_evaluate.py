@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from skimage import data
 
 from mgld.eval import evaluation as E
@@ -141,6 +142,116 @@ def test_evaluate_cli_writes_report_and_profiles(dataset, tmp_path, capsys):
 def test_cli_help_lists_every_flag():
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--help"],
                             capture_output=True, text=True, check=True)
-    for flag in ("--pred", "--gt", "--metrics", "--out", "--crop-border", "--y-channel", "--device",
+    for flag in ("--pred", "--gt", "--lr", "--metrics", "--out", "--crop-border", "--y-channel", "--device",
                  "--batch-size", "--flow", "--raft-weights", "--warp-flow-from", "--profile-row", "--profile-col"):
         assert flag in result.stdout
+    assert "clipiqa" in result.stdout and "maniqa" in result.stdout and "Lai et al." in result.stdout
+
+
+def test_cli_modules_import_no_heavy_package():
+    code = ("import sys; import mgld.cli.evaluate, mgld.cli.convert, mgld.cli.download, mgld.cli.make_testset, "
+            "mgld.cli.bicubic, mgld.cli.parity; heavy = [m for m in ('torch', 'cv2', 'av', 'pyiqa', "
+            "'mgld.eval.metrics') if m in sys.modules]; print(heavy); sys.exit(bool(heavy))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    from mgld.cli import parity
+    from mgld.parity import DEFAULT_TOLERANCE
+
+    assert parity.DEFAULT_TOLERANCE == DEFAULT_TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """GT + one method at 128x128 (NIQE's single 96-px block: undefined) and 64x64, 3 frames each."""
+    root = tmp_path_factory.mktemp("small")
+    for size in (128, 64):
+        for name, start in (("a", (100, 100)), ("b", (200, 150))):
+            frames = E.panning_sequence(data.astronaut(), 3, (size, size), (0, DX), start)
+            E.write_sequence(root / f"gt{size}" / name, ["0", "1", "2"], frames)
+            noisy = np.clip(frames + np.random.default_rng(0).normal(0, 5, frames.shape), 0, 255).astype(np.uint8)
+            E.write_sequence(root / f"pred{size}" / name, ["0", "1", "2"], noisy)
+    return root
+
+
+@pytest.mark.parametrize("size", [128, 64])
+def test_a_failing_metric_is_reported_and_the_rest_written(small, tmp_path, capsys, size):
+    out = tmp_path / "report"
+    code = _script("evaluate").main(["--pred", f"m={small / f'pred{size}'}", "--gt", str(small / f"gt{size}"),
+                                     "--metrics", "psnr,niqe,flicker", "--out", str(out), "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 1  # not everything was computed
+    report = json.loads((out / "report.json").read_text())
+    assert [(f["metric"], f["sequence"]) for f in report["failures"]] == [("niqe", "a"), ("niqe", "b")]
+    assert all(f"got {size}x{size}" in f["error"] and "192x96" in f["error"] for f in report["failures"])
+    assert 25 < report["mean"]["m"]["psnr"] < 50 and report["mean"]["m"]["flicker"] > 0  # the rest is there
+    assert report["mean"]["m"]["niqe"] == "nan"
+    table = (out / "table.md").read_text()
+    assert "NIQE failed on m/a, m/b: ValueError: NIQE needs frames of at least two 96x96 blocks" in table
+    assert "| n/a |" in table and table in captured.out
+    assert "2 metric computation(s) failed" in captured.err
+    per_frame = (out / "per_frame.csv").read_text().splitlines()
+    assert per_frame[0] == "method,sequence,index,frame,psnr,niqe,flicker" and per_frame[1].split(",")[5] == ""
+
+
+def test_options_and_output_folder_are_checked_before_computing(small, tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(E, "build_metrics", lambda *a, **k: calls.append(a) or ({}, {}, {}))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    short = tmp_path / "lr"  # an LR input with a frame missing
+    for name in ("a", "b"):
+        E.write_sequence(short / name, ["0", "1"], np.zeros((2, 16, 16, 3), np.uint8))
+    base = ["--pred", f"m={small / 'pred64'}", "--gt", str(small / "gt64"), "--metrics", "psnr,ewarp", "--quiet"]
+    cases = [
+        (["--out", str(blocker / "report")], rf"--out {blocker / 'report'}: {blocker} is a file, not a folder"),
+        (["--out", str(blocker)], rf"--out {blocker}: exists and is not a folder"),
+        (["--out", str(tmp_path / "r"), "--profile-row", "64"], r"--profile-row 64: outside 0\.\.63 for sequence 'a'"),
+        (["--out", str(tmp_path / "r"), "--profile-col", "-1"], r"--profile-col -1: outside 0\.\.63"),
+        (["--crop-border", "32"], r"--crop-border 32: leaves nothing of sequence 'a' \(64x64 frames\)"),
+        (["--warp-flow-from", "lr"], r"--warp-flow-from lr: .*needs the LR frames \(--lr\)"),
+        (["--batch-size", "0"], r"--batch-size 0: must be >= 1"),
+        (["--metrics", "psnr,psnr"], r"--metrics: psnr given twice"),
+        (["--metrics", "psnr,vmaf"], r"--metrics: unknown 'vmaf'"),
+        (["--raft-weights", str(tmp_path / "nowhere.pth")], r"--raft-weights .*nowhere\.pth: not found"),
+        (["--lr", str(short), "--warp-flow-from", "lr"], rf"--lr {short}, sequence 'a': 2 LR frames for 3 GT"),
+    ]
+    import re
+
+    for extra, message in cases:
+        with pytest.raises(SystemExit) as err:
+            _script("evaluate").main(base + extra)
+        text = str(err.value.code)
+        assert text.startswith("error: ") and "\n" not in text, text
+        if message:
+            assert re.search(message, text), text
+    assert not calls and not (tmp_path / "r").exists()  # nothing computed, nothing written
+
+
+def test_ewarp_flow_from_the_upsampled_lr_input(dataset, monkeypatch):
+    seen = []
+
+    class Recorder:
+        def __call__(self, ref, sup):
+            seen.append(ref.clone())
+            return ref.new_zeros(ref.shape[0], 2, *ref.shape[-2:])
+
+    from mgld.eval import metrics as M
+
+    monkeypatch.setattr(M, "build_flow", lambda *a, **k: (Recorder(), "recorder"))
+    settings = E.EvalSettings(metrics=("ewarp",), flow_from="lr")
+    report = E.evaluate({"bicubic": dataset / "bicubic"}, dataset / "hr", settings, progress=False, lr=dataset / "lr")
+    assert "the LR input, bicubic-upsampled (flow source lr)" in report.notes["ewarp"]
+    lr = E.load_sequence(E.list_sequences(dataset / "lr")["000"], "000")
+    expected = M.to_tensor(E.upsample_to(lr, (64, 96)))
+    assert torch.equal(seen[0][0], expected[0]) and torch.equal(seen[1][0], expected[1])  # ref of fwd, then bwd
+    assert report.mean["bicubic"]["ewarp"] > 0
+
+
+def test_broken_raft_weights_are_an_error_not_a_skip(small, tmp_path):
+    broken = tmp_path / "raft-things.pth"
+    broken.write_bytes(b"\x80\x02garbage")
+    with pytest.raises(SystemExit) as err:
+        _script("evaluate").main(["--pred", f"m={small / 'pred64'}", "--metrics", "ewarp", "--flow", "raft",
+                                  "--raft-weights", str(broken), "--out", str(tmp_path / "r"), "--quiet"])
+    assert str(err.value.code).startswith(f"error: {broken}: not a readable PyTorch checkpoint")
+    assert not (tmp_path / "r").exists()

@@ -1,7 +1,5 @@
 """Flow warping, resizing, occlusion masks, flow direction conventions and the estimators' plumbing."""
 
-import re
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,6 +16,7 @@ from mgld.flow import (
     occlusion_mask,
     resize_flow,
 )
+from raft_layout import to_raft_things_layout
 
 
 def _constant_flow(n, h, w, dx, dy):
@@ -137,39 +136,9 @@ def test_dis_follows_the_convention():
 
 # --- RAFT / SpyNet plumbing --------------------------------------------------------------------------------
 
-# Original RAFT (princeton-vl/RAFT core/extractor.py, update.py) names, written from torchvision's, to re-key a
-# state dict into the raft-things layout; independent of the module's (reverse) table.
-_TO_ORIGINAL = (
-    (r"^feature_encoder\.", "fnet."),
-    (r"^context_encoder\.", "cnet."),
-    (r"^(fnet|cnet)\.convnormrelu\.0\.", r"\1.conv1."),
-    (r"^(fnet|cnet)\.convnormrelu\.1\.", r"\1.norm1."),
-    (r"^(fnet|cnet)\.conv\.", r"\1.conv2."),
-    (r"\.convnormrelu([12])\.0\.", r".conv\1."),
-    (r"\.convnormrelu([12])\.1\.", r".norm\1."),
-    (r"motion_encoder\.convcorr([12])\.0\.", r"encoder.convc\1."),
-    (r"motion_encoder\.convflow([12])\.0\.", r"encoder.convf\1."),
-    (r"motion_encoder\.conv\.0\.", "encoder.conv."),
-    (r"recurrent_block\.convgru([12])\.conv([zrq])\.", r"gru.conv\2\1."),
-    (r"^mask_predictor\.convrelu\.0\.", "update_block.mask.0."),
-    (r"^mask_predictor\.conv\.", "update_block.mask.2."),
-)
-
-
-def _to_raft_things_layout(state_dict):
-    out = {}
-    for key, value in state_dict.items():
-        for pattern, replacement in _TO_ORIGINAL:
-            key = re.sub(pattern, replacement, key)
-        out["module." + key] = value
-        if ".downsample.1." in key:  # upstream registers the shortcut norm twice: norm3 and downsample.1
-            out["module." + key.replace(".downsample.1.", ".norm3.")] = value
-    return out
-
-
 def test_raft_things_key_mapping_round_trips():
     state = raft_large(weights=None).state_dict()
-    original = _to_raft_things_layout(state)
+    original = to_raft_things_layout(state)
     # the authors' RAFT_SR (`flownet_model.*`) holds exactly this many numbers (fixture README inventory)
     assert sum(v.numel() for v in original.values()) == 5_261_329
     assert original["module.update_block.mask.2.weight"].shape == (576, 256, 1, 1)
@@ -185,7 +154,7 @@ def test_raft_things_key_mapping_round_trips():
 
 def test_build_raft_from_original_and_torchvision_files(tmp_path):
     state = raft_large(weights=None).state_dict()
-    torch.save(_to_raft_things_layout(state), tmp_path / "raft-things.pth")
+    torch.save(to_raft_things_layout(state), tmp_path / "raft-things.pth")
     torch.save(state, tmp_path / "raft_large.pth")
     for name in ("raft-things.pth", "raft_large.pth"):
         estimator = build_flow_estimator("raft", tmp_path / name)

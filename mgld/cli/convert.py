@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Convert official MGLD-VSR checkpoints (or plain SD 2.1) into an mgld weights folder.
 
-The folder holds config.yaml and denoiser.safetensors / vae.safetensors; inference and training
-load it with strict key and shape checks.
+The folder holds config.yaml, denoiser.safetensors, flow.safetensors (the stage-1 checkpoint's own RAFT,
+flownet_model.*, which the authors' inference uses instead of raft-things.pth) and vae.safetensors; inference
+and training load it with strict key and shape checks, and inference takes its RAFT from flow.safetensors.
 
     # the released weights -> the default location used by mgld infer
     mgld convert --stage1 mgldvsr_unet.ckpt --vae video_vae_cfw.ckpt

@@ -3,7 +3,9 @@
 
 Files (from --repo-id, by default a public mirror of the authors' release): mgldvsr_unet.ckpt
 (stage 1, ~6.7 GB), video_vae_cfw.ckpt (video VAE, ~0.8 GB) and raft-things.pth (RAFT flow).
-They land in DEST/official/; the converted folder in DEST/mgld-vsr/, where mgld infer looks.
+They land in DEST/official/; the converted folder in DEST/mgld-vsr/, where mgld infer looks. Its
+flow.safetensors holds the stage-1 checkpoint's own RAFT, which inference uses (as the authors' script does);
+raft-things.pth is the fallback for folders without it.
 Offline, or when the repo cannot be reached, it stops and says which files to put where.
 """
 
@@ -39,7 +41,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if not args.no_convert:
         from mgld.weights.loading import convert_official
 
-        out = convert_official(dest / "mgld-vsr", stage1=paths["stage1"], vae=paths["vae"])
-        logging.info("converted weights in %s; RAFT weights in %s", out, paths["raft"])
+        try:
+            out = convert_official(dest / "mgld-vsr", stage1=paths["stage1"], vae=paths["vae"])
+        except (FileNotFoundError, ValueError, RuntimeError, KeyError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        logging.info("converted weights in %s (RAFT: %s); fallback RAFT weights in %s", out,
+                     "flow.safetensors" if (out / "flow.safetensors").is_file() else "none", paths["raft"])
     return 0
 

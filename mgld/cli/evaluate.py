@@ -1,20 +1,27 @@
-"""Evaluate video SR outputs: full-reference, no-reference and temporal metrics (metric definitions: mgld/metrics.py).
+"""Evaluate video SR outputs: full-reference, no-reference and temporal metrics (definitions: mgld/eval/metrics.py).
 
-    mgld evaluate --pred mgld=out/mgld --pred bicubic=out/bicubic --gt data/REDS4/GT \
+    mgld evaluate --pred mgld=out/mgld --pred bicubic=out/bicubic --gt data/REDS4/GT \\
         --out reports/reds4 --profile-row 100
 
 Writes per_frame.csv, per_sequence.csv, report.json, table.md, plots/<seq>.png (and profiles/<seq>_rowN.png) to
---out, and prints the Markdown table. Metrics whose weights are not cached locally are reported as skipped.
+--out, and prints the Markdown table. Every folder, frame size and option is checked before anything is
+computed. Metrics whose weights are not cached locally are reported as skipped; a metric that fails on a
+sequence is reported (which metric, which sequence, why) and the rest is still computed and written; the exit
+status is then 1.
+
+E*warp is Lai et al.'s warping error as their reference code computes it: flow and occlusion (forward-backward
+check with squared norms, plus the motion-boundary test) on the flow source chosen by --warp-flow-from, squared
+error averaged per channel over the non-occluded pixels, mean over pairs, then over sequences, x 1e3.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
-from mgld.eval import metrics
-from mgld.eval.evaluation import EvalSettings, evaluate, markdown_table, write_pictures, write_report
+from mgld.eval.registry import DEFAULT_METRICS, FLOW_METHODS, FLOW_SOURCES, METRICS
 
 
 def parse_pred(text: str) -> tuple[str, str]:
@@ -30,8 +37,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                              "methods, one table row each; NAME defaults to the folder name")
     parser.add_argument("--gt", metavar="ROOT", help="folder of ground-truth sequences; frames are matched by "
                         "file stem. Without it only no-reference metrics and E*warp are computed")
-    parser.add_argument("--metrics", default=",".join(metrics.DEFAULT_METRICS),
-                        help=f"comma-separated, in table order; known: {','.join(metrics.METRICS)} "
+    parser.add_argument("--lr", metavar="ROOT", help="folder of the LR input sequences (same names and stems); "
+                        "needed by --warp-flow-from lr")
+    parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS),
+                        help=f"comma-separated, in table order; known: {','.join(METRICS)} "
                              "(default: %(default)s)")
     parser.add_argument("--out", metavar="DIR", help="report folder (default: no files, table printed only)")
     parser.add_argument("--crop-border", type=int, default=0, metavar="PX",
@@ -41,13 +50,16 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=8, help="frames per batch for network metrics "
                         "(default: %(default)s)")
-    parser.add_argument("--flow", choices=("auto", "raft", "dis"), default="auto",
-                        help="optical flow for E*warp: auto = RAFT when its weights are cached, else OpenCV DIS "
+    parser.add_argument("--flow", choices=FLOW_METHODS, default="auto",
+                        help="optical flow for E*warp: auto = RAFT when its weights are local, else OpenCV DIS "
                              "(default: %(default)s)")
-    parser.add_argument("--raft-weights", metavar="FILE", help="RAFT weights for E*warp (torchvision raft_large "
-                        "or raft-things.pth); default: torch hub cache, then mgld's official folder")
-    parser.add_argument("--warp-flow-from", choices=("pred", "gt"), default="pred",
-                        help="frames the E*warp flow and occlusion masks are estimated on (default: %(default)s)")
+    parser.add_argument("--raft-weights", metavar="FILE", help="RAFT weights for E*warp (torchvision raft_large, "
+                        "raft-things.pth, an official stage-1 .ckpt or a converted folder); default: torch hub "
+                        "cache, then mgld's converted folder (flow.safetensors), then raft-things.pth")
+    parser.add_argument("--warp-flow-from", choices=FLOW_SOURCES, default="pred",
+                        help="frames the E*warp flow and occlusion are estimated on: pred = the evaluated frames, "
+                             "gt = the GT frames (needs --gt), lr = the LR input upsampled bicubic to the "
+                             "evaluated size (needs --lr); printed in the report (default: %(default)s)")
     parser.add_argument("--profile-row", type=int, metavar="N", help="write temporal profiles (x-t slices) of "
                         "image row N for every sequence, GT and methods side by side (needs --out)")
     parser.add_argument("--profile-col", type=int, metavar="N", help="same, for image column N (y-t slices)")
@@ -63,18 +75,46 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         raise SystemExit("error: two --pred share a name; use NAME=ROOT")
     if (args.profile_row is not None or args.profile_col is not None) and not args.out:
         raise SystemExit("error: --profile-row/--profile-col need --out")
+    # heavy imports after argument parsing, so that --help is instant
+    from mgld.eval.evaluation import (
+        EvalSettings,
+        check_output_dir,
+        check_profile,
+        evaluate,
+        failure_lines,
+        markdown_table,
+        prepare,
+        write_pictures,
+        write_report,
+    )
+    from mgld.weights.checkpoints import CheckpointError
+
     settings = EvalSettings(
         metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()), crop_border=args.crop_border,
         y_channel=args.y_channel, device=args.device, batch_size=args.batch_size, flow=args.flow,
         flow_from=args.warp_flow_from, raft_weights=args.raft_weights)
-    try:
-        report = evaluate(preds, args.gt, settings, progress=not args.quiet)
-    except (ValueError, OSError) as err:
+    try:  # everything that can be checked is checked before any metric is computed
+        if args.out:
+            try:
+                check_output_dir(args.out)
+            except ValueError as err:
+                raise ValueError(f"--out {err}") from None
+        inputs = prepare(preds, args.gt, settings, args.lr)
+        check_profile(inputs, args.profile_row, args.profile_col)
+        report = evaluate(preds, args.gt, settings, progress=not args.quiet, lr=args.lr, inputs=inputs)
+    except (ValueError, OSError, CheckpointError) as err:
         raise SystemExit(f"error: {err}") from None
     print(markdown_table(report))
     if args.out:
-        files = write_report(report, args.out)
-        pictures = write_pictures(report, preds, args.gt, args.out, args.profile_row, args.profile_col)
+        try:
+            files = write_report(report, args.out)
+            pictures = write_pictures(report, preds, args.gt, args.out, args.profile_row, args.profile_col)
+        except (ValueError, OSError) as err:
+            raise SystemExit(f"error: writing the report to {args.out}: {err}") from None
         print(f"report: {files['table'].parent} ({len(files)} files, {len(pictures)} pictures)")
+    if report.failures:
+        print(f"error: {len(report.failures)} metric computation(s) failed; the other results are complete:",
+              file=sys.stderr)
+        print("\n".join(failure_lines(report)), file=sys.stderr)
+        return 1
     return 0
-

@@ -11,6 +11,11 @@ pair; the sequence value is the mean over its frames (pairs) and the dataset val
 sequences (each sequence weighs the same). Reports: ``per_frame.csv``, ``per_sequence.csv``,
 ``report.json`` and ``table.md`` (one row per method, one column per metric, as in the paper).
 
+Robustness: :func:`prepare` lists, matches and size-checks every sequence and checks the settings before any
+metric is computed. A metric that cannot be built is *skipped* with its reason; a metric that raises on a
+sequence is a *failure* recorded with the method, sequence and reason (``report.failures``, listed under the
+table), its data-set mean for that method is n/a, and every other metric and sequence is still computed.
+
 Also here: deterministic synthetic test sets (:func:`make_testset`), the bicubic x4 baseline,
 temporal profiles (x-t slices) and per-frame plots. Every file is written atomically.
 """
@@ -22,6 +27,7 @@ import io
 import json
 import logging
 import math
+import os
 import re
 import zlib
 from collections.abc import Callable, Iterable
@@ -34,6 +40,7 @@ import torch
 
 from mgld.eval import metrics as M
 from mgld.io.atomic import atomic_write
+from mgld.weights.checkpoints import CheckpointError
 
 logger = logging.getLogger(__name__)
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -91,18 +98,21 @@ def list_sequences(root: str | Path) -> dict[str, list[Path]]:
     return sequences
 
 
-def match_sequences(pred: dict[str, list[Path]], gt: dict[str, list[Path]], method: str) -> None:
-    """Refuse a prediction whose sequences or frame names differ from the GT's."""
+def match_sequences(pred: dict[str, list[Path]], gt: dict[str, list[Path]], method: str,
+                    what: str = "predicted", who: str | None = None) -> None:
+    """Refuse a prediction (or the LR input: ``what="LR"``, ``who="--lr ROOT"``) whose sequences or frame names
+    differ from the GT's."""
+    who = who or f"method {method!r}"
     missing, extra = sorted(set(gt) - set(pred)), sorted(set(pred) - set(gt))
     if missing or extra:
-        raise ValueError(f"method {method!r}: sequences missing {missing[:5]}, unexpected {extra[:5]} "
-                         f"(GT has {len(gt)}, prediction {len(pred)})")
+        raise ValueError(f"{who}: sequences missing {missing[:5]}, unexpected {extra[:5]} "
+                         f"(GT has {len(gt)}, {what} {len(pred)})")
     for name in gt:
         p_stems, g_stems = [p.stem for p in pred[name]], [g.stem for g in gt[name]]
         if p_stems != g_stems:
             lacking = sorted(set(g_stems) - set(p_stems))[:3]
             surplus = sorted(set(p_stems) - set(g_stems))[:3]
-            raise ValueError(f"method {method!r}, sequence {name!r}: {len(p_stems)} predicted frames for "
+            raise ValueError(f"{who}, sequence {name!r}: {len(p_stems)} {what} frames for "
                              f"{len(g_stems)} GT frames; missing {lacking}, unexpected {surplus}")
 
 
@@ -134,14 +144,41 @@ class EvalSettings:
     y_channel: bool = False  # PSNR/SSIM on Y instead of RGB
     device: str = "auto"  # auto -> cuda if available
     batch_size: int = 8  # frames per batch for the network metrics
-    flow: str = "auto"  # E_warp flow: auto (RAFT if cached, else DIS), raft, dis
-    flow_from: str = "pred"  # frames the E_warp flow is estimated on: pred or gt
-    raft_weights: str | None = None  # RAFT file for E_warp; None: torch hub cache, then mgld's raft-things.pth
+    flow: str = "auto"  # E*warp flow: auto (RAFT if its weights are local, else DIS), raft, dis
+    flow_from: str = "pred"  # E*warp flow source: pred (evaluated frames), gt, or lr (LR input, bicubic-upsampled)
+    raft_weights: str | None = None  # RAFT weights for E*warp; None: the local caches (mgld.eval.metrics.build_flow)
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the option for any value that cannot work (before anything is computed)."""
+        if not self.metrics:
+            raise ValueError("--metrics: no metric given")
+        unknown = [m for m in self.metrics if m not in M.METRICS]
+        if unknown:
+            raise ValueError(f"--metrics: unknown {', '.join(map(repr, unknown))}; known: {', '.join(M.METRICS)}")
+        repeated = sorted({m for m in self.metrics if self.metrics.count(m) > 1})
+        if repeated:
+            raise ValueError(f"--metrics: {', '.join(repeated)} given twice")
+        if self.crop_border < 0:
+            raise ValueError(f"--crop-border {self.crop_border}: must be >= 0")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size {self.batch_size}: must be >= 1")
+        if self.flow not in M.FLOW_METHODS:
+            raise ValueError(f"--flow {self.flow!r}: expected one of {', '.join(M.FLOW_METHODS)}")
+        if self.flow_from not in M.FLOW_SOURCES:
+            raise ValueError(f"--warp-flow-from {self.flow_from!r}: expected one of {', '.join(M.FLOW_SOURCES)}")
+        if self.raft_weights is not None and not Path(self.raft_weights).expanduser().exists():
+            raise ValueError(f"--raft-weights {self.raft_weights}: not found")
+        try:
+            device = torch.device(_device(self.device))
+        except RuntimeError as err:
+            raise ValueError(f"--device {self.device!r}: {err}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {self.device}: CUDA is not available here; use --device cpu")
 
 
 @dataclass
 class EvalReport:
-    """Everything measured: values, skipped metrics with reasons, and notes on how."""
+    """Everything measured: values, skipped metrics with reasons, failures, and notes on how."""
 
     settings: EvalSettings
     methods: list[str]
@@ -150,22 +187,108 @@ class EvalReport:
     notes: dict[str, str] = field(default_factory=dict)
     per_frame: list[dict] = field(default_factory=list)  # method, sequence, index, frame, metric values
     per_sequence: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
-    mean: dict[str, dict[str, float]] = field(default_factory=dict)
+    mean: dict[str, dict[str, float]] = field(default_factory=dict)  # NaN where the metric failed on a sequence
+    failures: list[dict[str, str]] = field(default_factory=list)  # method, sequence, metric, error
 
     @property
     def measured(self) -> list[str]:
         return [m for m in self.metrics if m not in self.skipped]
 
 
+@dataclass
+class EvalInputs:
+    """The sequences of one evaluation, listed and checked before any metric is computed (:func:`prepare`)."""
+
+    preds: dict[str, dict[str, list[Path]]]  # method -> sequence -> frames
+    gt: dict[str, list[Path]] | None
+    lr: dict[str, list[Path]] | None
+    sizes: dict[str, dict[str, tuple[int, int]]]  # label (method, "GT", "LR") -> sequence -> (h, w) of frame 0
+
+
 def _device(name: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
 
 
+def _frame_size(path: Path) -> tuple[int, int]:
+    return read_frame(path).shape[:2]
+
+
+def prepare(preds: dict[str, str | Path], gt: str | Path | None = None, settings: EvalSettings | None = None,
+            lr: str | Path | None = None) -> EvalInputs:
+    """List and match every sequence, read each one's first frame and check sizes and settings (no metric yet).
+
+    Raises ``ValueError`` / ``OSError`` naming the option, method, sequence or file.
+    """
+    settings = settings or EvalSettings()
+    settings.check()
+    if "ewarp" in settings.metrics and settings.flow_from == "gt" and gt is None:
+        raise ValueError("--warp-flow-from gt: E*warp with the flow from GT needs the GT frames (--gt)")
+    if "ewarp" in settings.metrics and settings.flow_from == "lr" and lr is None:
+        raise ValueError("--warp-flow-from lr: E*warp with the flow from the LR input needs the LR frames (--lr)")
+    gt_seqs = list_sequences(gt) if gt is not None else None
+    pred_seqs = {m: list_sequences(root) for m, root in preds.items()}
+    reference = gt_seqs if gt_seqs is not None else next(iter(pred_seqs.values()))
+    for method, seqs in pred_seqs.items():  # without GT, every method must match the first one
+        match_sequences(seqs, reference, method)
+    lr_seqs = None
+    if lr is not None and "ewarp" in settings.metrics and settings.flow_from == "lr":
+        lr_seqs = list_sequences(lr)
+        match_sequences(lr_seqs, reference, "LR", what="LR", who=f"--lr {lr}")
+    listings = dict(pred_seqs) | ({"GT": gt_seqs} if gt_seqs is not None else {}) | (
+        {"LR": lr_seqs} if lr_seqs is not None else {})
+    sizes = {label: {seq: _frame_size(paths[0]) for seq, paths in seqs.items()} for label, seqs in listings.items()}
+    if gt_seqs is not None:
+        for method in pred_seqs:
+            for seq, size in sizes[method].items():
+                if size != sizes["GT"][seq]:
+                    raise ValueError(f"method {method!r}, sequence {seq!r}: frames are {size}, GT {sizes['GT'][seq]}")
+    if settings.crop_border and {"psnr", "ssim"} & set(settings.metrics):
+        for method in pred_seqs:
+            for seq, (h, w) in sizes[method].items():
+                if 2 * settings.crop_border >= min(h, w):
+                    raise ValueError(f"--crop-border {settings.crop_border}: leaves nothing of sequence {seq!r} "
+                                     f"({h}x{w} frames)")
+    return EvalInputs(pred_seqs, gt_seqs, lr_seqs, sizes)
+
+
+def check_output_dir(out: str | Path) -> Path:
+    """Refuse a report folder that cannot be written (a file, under a file, not writable) before any work."""
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a folder")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{out}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{out}: {parent} is not writable")
+    return out
+
+
+def check_profile(inputs: EvalInputs, row: int | None = None, col: int | None = None) -> None:
+    """Refuse a temporal-profile row / column outside any sequence's frames (``--profile-row`` / ``--profile-col``)."""
+    for option, index, axis in (("--profile-row", row, 0), ("--profile-col", col, 1)):
+        if index is None:
+            continue
+        for label, seqs in inputs.sizes.items():
+            if label == "LR":
+                continue
+            for seq, size in seqs.items():
+                if not 0 <= index < size[axis]:
+                    raise ValueError(f"{option} {index}: outside 0..{size[axis] - 1} for sequence {seq!r} of "
+                                     f"{label} ({size[0]}x{size[1]} frames)")
+
+
 def build_metrics(settings: EvalSettings, have_gt: bool) -> tuple[dict[str, Callable], dict[str, str], dict[str, str]]:
-    """(name -> callable, skipped name -> reason, notes) for the requested metrics."""
+    """(name -> callable, skipped name -> reason, notes) for the requested metrics.
+
+    A metric that cannot be built (weights not cached, a package that does not import) is skipped with the
+    reason; the others are still built.
+    """
     device, built, skipped = _device(settings.device), {}, {}
     if settings.flow_from == "gt" and not have_gt and "ewarp" in settings.metrics:
-        raise ValueError("E_warp with the flow estimated on GT frames needs GT frames (--gt)")
+        raise ValueError("E*warp with the flow estimated on GT frames needs GT frames (--gt)")
     notes = {"psnr": f"{'Y' if settings.y_channel else 'RGB'}, crop {settings.crop_border}",
              "ssim": f"{'Y' if settings.y_channel else 'RGB'}, crop {settings.crop_border}"}
     for name in settings.metrics:
@@ -184,35 +307,85 @@ def build_metrics(settings: EvalSettings, have_gt: bool) -> tuple[dict[str, Call
                                                    crop_border=settings.crop_border, y_channel=settings.y_channel)
         except M.WeightsUnavailable as err:
             skipped[name] = str(err)
-            logger.warning("metric %s skipped: %s", name, err)
+        except CheckpointError:  # weights the user named (--raft-weights) that do not load: an error, not a skip
+            raise
+        except (ImportError, OSError, RuntimeError) as err:  # a package that does not import, a broken cache
+            skipped[name] = f"could not be built ({_one_line(err)})"
+        if name in skipped:
+            needs = M.METRICS[name].weights
+            if (" and " in needs or ", " in needs) and "needs GT" not in skipped[name]:  # more than the file named
+                skipped[name] += f" (it needs {needs})"
+            logger.warning("metric %s skipped: %s", name, skipped[name])
     return built, skipped, notes
 
 
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    text = " ".join(f"{type(err).__name__}: {err}".split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def upsample_to(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``t h w 3`` uint8 frames resized to ``size = (H, W)`` with OpenCV bicubic (the LR flow source of E*warp)."""
+    h, w = size
+    return np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_CUBIC) for f in frames])
+
+
 def evaluate(preds: dict[str, str | Path], gt: str | Path | None = None, settings: EvalSettings | None = None,
-             progress: bool = True) -> EvalReport:
-    """Measure every method (name -> root of its output sequences) against ``gt`` (or without GT)."""
+             progress: bool = True, lr: str | Path | None = None, inputs: EvalInputs | None = None) -> EvalReport:
+    """Measure every method (name -> root of its output sequences) against ``gt`` (or without GT).
+
+    ``lr``: root of the LR input sequences, needed when E*warp takes its flow from them
+    (``settings.flow_from == "lr"``). ``inputs``: the result of :func:`prepare` when the caller already ran it.
+    A metric that raises on a sequence is recorded in ``report.failures`` (its mean for that method becomes
+    NaN) and every other metric and sequence is still computed.
+    """
     from tqdm.auto import tqdm
 
     settings = settings or EvalSettings()
-    gt_seqs = list_sequences(gt) if gt is not None else None
-    pred_seqs = {m: list_sequences(root) for m, root in preds.items()}
-    reference = gt_seqs if gt_seqs is not None else next(iter(pred_seqs.values()))
-    for method, seqs in pred_seqs.items():  # without GT, every method must match the first one
-        match_sequences(seqs, reference, method)
-    built, skipped, notes = build_metrics(settings, gt_seqs is not None)
+    inputs = inputs or prepare(preds, gt, settings, lr)
+    built, skipped, notes = build_metrics(settings, inputs.gt is not None)
     report = EvalReport(settings, list(preds), list(settings.metrics), skipped, notes)
-    jobs = [(m, s) for m in preds for s in pred_seqs[m]]
+    jobs = [(m, s) for m in preds for s in inputs.preds[m]]
     for method, seq in tqdm(jobs, desc="evaluate", unit="seq", disable=not progress):
-        pred = load_sequence(pred_seqs[method][seq], seq)
-        ref = load_sequence(gt_seqs[seq], seq) if gt_seqs is not None else None
+        pred = load_sequence(inputs.preds[method][seq], seq)
+        ref = load_sequence(inputs.gt[seq], seq) if inputs.gt is not None else None
         if ref is not None and pred.shape != ref.shape:
             raise ValueError(f"method {method!r}, sequence {seq!r}: frames are {pred.shape[1:3]}, GT {ref.shape[1:3]}")
-        values = {name: fn(pred, ref) for name, fn in built.items()}
-        _collect(report, method, seq, [p.stem for p in pred_seqs[method][seq]], values)
+        guide = _flow_source(settings, ref, inputs, seq, pred.shape[1:3]) if "ewarp" in built else None
+        values = {}
+        for name, fn in built.items():
+            try:
+                values[name] = _checked(fn(pred, ref, flow_frames=guide if name == "ewarp" else None), name, pred)
+            except Exception as err:  # one metric failing on one sequence does not stop the others
+                report.failures.append({"method": method, "sequence": seq, "metric": name, "error": _one_line(err)})
+                logger.warning("metric %s failed on %s/%s: %s", name, method, seq, _one_line(err))
+        _collect(report, method, seq, [p.stem for p in inputs.preds[method][seq]], values)
     for method in preds:
-        report.mean[method] = {m: float(np.mean([v[m] for v in report.per_sequence[method].values()]))
-                               for m in report.measured}
+        report.mean[method] = {m: _mean_over_sequences(report, method, m) for m in report.measured}
     return report
+
+
+def _flow_source(settings: EvalSettings, ref, inputs: EvalInputs, seq: str, size) -> np.ndarray | None:
+    if settings.flow_from == "gt":
+        return ref
+    if settings.flow_from == "lr":
+        return upsample_to(load_sequence(inputs.lr[seq], seq), tuple(size))
+    return None
+
+
+def _checked(values: list[float], name: str, pred: np.ndarray) -> list[float]:
+    expected = len(pred) - 1 if M.METRICS[name].kind == "temporal" else len(pred)
+    if len(values) != expected:
+        raise RuntimeError(f"{name} returned {len(values)} values for {len(pred)} frames (expected {expected})")
+    return values
+
+
+def _mean_over_sequences(report: EvalReport, method: str, metric: str) -> float:
+    per_seq = report.per_sequence.get(method, {})
+    values = [v[metric] for v in per_seq.values() if metric in v]
+    if len(values) < len(per_seq) or not values:
+        return float("nan")  # failed on some sequence: no data-set mean (the per-sequence values are kept)
+    return float(np.mean(values))
 
 
 def _collect(report: EvalReport, method: str, seq: str, stems: list[str], values: dict[str, list[float]]) -> None:
@@ -245,7 +418,20 @@ def markdown_table(report: EvalReport) -> str:
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += [""] + [f"- {M.METRICS[m].label}: {note}" for m, note in report.notes.items() if m in report.measured]
     lines += [f"- {M.METRICS[m].label} skipped: {reason}" for m, reason in report.skipped.items()]
+    lines += failure_lines(report)
     return "\n".join(lines) + "\n"
+
+
+def failure_lines(report: EvalReport) -> list[str]:
+    """One line per (metric, error): which metric failed on which method/sequence, and why (n/a in the table)."""
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for f in report.failures:
+        grouped.setdefault((f["metric"], f["error"]), []).append(f"{f['method']}/{f['sequence']}")
+    lines = []
+    for (metric, error), where in grouped.items():
+        shown = ", ".join(where[:8]) + (f" ... ({len(where)} in all)" if len(where) > 8 else "")
+        lines.append(f"- {M.METRICS[metric].label} failed on {shown}: {error}")
+    return lines
 
 
 def _finite(obj):

@@ -1,38 +1,61 @@
 """Video SR quality metrics: full-reference, no-reference and temporal (docs/evaluation.md).
 
-The authors ship no evaluation code (docs/evaluation.md), so the definitions here are ours:
+The authors ship no evaluation code (docs/evaluation.md); the definitions here follow the packages and the
+reference code the field uses:
 
 * **PSNR / SSIM**: basicsr's ``calculate_psnr`` / ``calculate_ssim`` on 8-bit frames, RGB by
   default (``y_channel=True``: the Y of BT.601 YCbCr, as basicsr), ``crop_border`` pixels
   removed on each side.
-* **LPIPS** (alex, vgg; the ``lpips`` package), **DISTS**, **BRISQUE**, **MUSIQ** (``pyiqa``),
-  **NIQE** (basicsr, which ships its parameters; Y channel, no crop).
-* **E_warp** (Lai et al. 2018): for each consecutive pair (t, t+1) of the evaluated frames,
-  ``B = flow(V_t, V_{t+1})`` on grid t and ``W = flow(V_{t+1}, V_t)`` on grid t+1; the
-  non-occlusion mask is ``M = 1 - occlusion_mask(B, W)`` (forward-backward check, alpha 0.01,
-  beta 0.5, ``mgld.flow``); ``e_t = sum_p M(p) ||V_t(p) - warp(V_{t+1}, B)(p)||^2 / sum_p M(p)``
-  with RGB in [0, 1] and the squared norm summed over the 3 channels; E_warp is the mean of
-  ``e_t`` over pairs, reported x 1e3 (the paper's E*_warp unit). Flow: RAFT (torchvision
-  ``raft_large``, inputs scaled to [-1, 1] as RAFT was trained) when its weights are in torch
-  hub's cache, else OpenCV DIS; which one was used is recorded in the report.
+* **LPIPS** (alex, vgg; the ``lpips`` package), **DISTS**, **BRISQUE**, **MUSIQ** (KonIQ), **CLIP-IQA**
+  (pyiqa ``clipiqa``: CLIP RN50, the "Good photo." / "Bad photo." prompt pair) and **MANIQA** (pyiqa ``maniqa``,
+  trained on KonIQ-10k), all through ``pyiqa`` except LPIPS; **NIQE** (basicsr, which ships its
+  parameters; Y channel, no crop; it fits a Gaussian to 96x96 blocks, so a frame needs at least two of them:
+  192x96 or 96x192 px).
+* **E*warp**, as Lai et al. (ECCV 2018)'s reference code computes it (github
+  phoenix104104/fast_blind_video_consistency: compute_flow_occlusion.py, evaluate_WarpError.py, utils.py).
+  For each consecutive pair (t, t+1) of a sequence of RGB frames V in [0, 1], the flow and occlusion are
+  estimated on the *flow source* F (the evaluated frames, GT, or the LR input upsampled; an option, recorded in
+  the report): ``w = flow(F_t -> F_{t+1})`` on grid t (``V_t(p) ≈ V_{t+1}(p + w(p))``) and ``b = flow(F_{t+1} ->
+  F_t)`` on grid t+1; ``ŵ = warp(b, w)``. A pixel p is occluded when
+
+      |w + ŵ|² > 0.01 (|w|² + |ŵ|²) + 0.5                       (forward-backward check, squared norms)
+      or  |∂x w|² + |∂y w|² > 0.01 |w|² + 0.002                 (motion boundary)
+
+  with forward differences ``∂x w(y, x) = w(y, x) - w(y, x+1)`` (0 in the last column; ``∂y`` likewise).
+  With M = 1 - occlusion repeated over the 3 channels,
+
+      e_t = Σ_{p,c} M(p) (warp(V_{t+1}, w)(p, c) - V_t(p, c))² / Σ_{p,c} M(p)
+
+  (a per-channel mean over the non-occluded pixels; e_t = 0 when every pixel is occluded, as the reference
+  code's fallback divisor gives), E*warp of a sequence = mean of e_t over its pairs, of a data set = mean over
+  sequences, reported x 1e3. Warping is bilinear with border clamping (the reference code's FlowNet2
+  ``Resample2d``; :func:`mgld.flow.flow_warp` with ``padding_mode="border"``). Flow: RAFT (torchvision
+  ``raft_large``, inputs scaled to [-1, 1] as RAFT was trained, raft-things weights) when its weights are local,
+  else OpenCV DIS; which one was used is recorded in the report. The reference code uses FlowNet2 on frames
+  resized to a multiple of 64; mgld pads for RAFT instead (docs/differences.md).
 * **Flicker** (needs GT): ``mean |(O_{t+1} - O_t) - (G_{t+1} - G_t)|`` over pixels, channels and
   pairs, in 8-bit levels. **tLPIPS** (needs GT): ``mean_t |LPIPS(O_t, O_{t+1}) - LPIPS(G_t, G_{t+1})|``.
 
 Weights are never downloaded here: every metric is built inside :func:`offline_weights`, which
-turns a download attempt into :class:`WeightsUnavailable`; the evaluation then reports the metric
-as skipped with that one-line reason.
+turns a download attempt (torch hub, pyiqa, timm/Hugging Face, CLIP's own downloader) into
+:class:`WeightsUnavailable`; the evaluation then reports the metric as skipped with that one-line reason.
 
 Shapes: frames are ``t h w 3`` uint8 RGB at the public boundary; torch models get ``t 3 h w``
-float in [0, 1].
+float in [0, 1]. Every metric callable is ``fn(pred, gt, flow_frames=None) -> list[float]``: one value per
+frame, or per consecutive pair for the temporal ones; ``flow_frames`` is the E*warp flow source (``None``: the
+evaluated frames), ignored by the other metrics.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import io
+import sys
+import types
+import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -41,41 +64,22 @@ import torch
 
 from mgld import flow as mflow
 from mgld._compat import import_basicsr
+from mgld.eval.registry import DEFAULT_METRICS, FLOW_METHODS, FLOW_SOURCES, METRICS, MetricInfo
+
+__all__ = ["DEFAULT_METRICS", "FLOW_SOURCES", "METRICS", "MetricInfo", "WeightsUnavailable", "build_flow",
+           "build_frame_metric", "build_temporal_metric", "flicker", "niqe", "occlusion_mask_lai", "offline_weights",
+           "psnr", "ssim", "to_tensor", "warping_errors"]
 
 
 class WeightsUnavailable(RuntimeError):
     """A metric's weights are not in the local cache of the package that owns them."""
 
 
-@dataclass(frozen=True)
-class MetricInfo:
-    """How a metric is reported: table label, direction, and what it needs."""
-
-    label: str
-    kind: Literal["full_ref", "no_ref", "temporal"]
-    higher_is_better: bool
-    needs_gt: bool
-
-
-METRICS: dict[str, MetricInfo] = {
-    "psnr": MetricInfo("PSNR", "full_ref", True, True),
-    "ssim": MetricInfo("SSIM", "full_ref", True, True),
-    "lpips": MetricInfo("LPIPS", "full_ref", False, True),
-    "lpips_vgg": MetricInfo("LPIPS-vgg", "full_ref", False, True),
-    "dists": MetricInfo("DISTS", "full_ref", False, True),
-    "niqe": MetricInfo("NIQE", "no_ref", False, False),
-    "brisque": MetricInfo("BRISQUE", "no_ref", False, False),
-    "musiq": MetricInfo("MUSIQ", "no_ref", True, False),
-    "ewarp": MetricInfo("E*warp(×10⁻³)", "temporal", False, False),
-    "flicker": MetricInfo("Flicker", "temporal", False, True),
-    "tlpips": MetricInfo("tLPIPS", "temporal", False, True),
-}
-DEFAULT_METRICS = ("psnr", "ssim", "lpips", "dists", "niqe", "brisque", "musiq", "ewarp", "flicker")
-
-# Frame metric: (pred t h w 3 uint8, gt t h w 3 uint8 or None) -> one value per frame.
-FrameMetric = Callable[[np.ndarray, np.ndarray | None], list[float]]
-# Temporal metric: (pred, gt or None) -> one value per consecutive pair (t - 1 values).
-TemporalMetric = Callable[[np.ndarray, np.ndarray | None], list[float]]
+# Metric callable: (pred t h w 3 uint8, gt t h w 3 uint8 or None, flow_frames or None) -> one value per frame
+# (frame metrics) or per consecutive pair (temporal metrics, t - 1 values).
+Metric = Callable[..., list[float]]
+FrameMetric = TemporalMetric = Metric
+NIQE_BLOCK = 96  # basicsr's NIQE block side (the official recommended value)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -85,19 +89,50 @@ TemporalMetric = Callable[[np.ndarray, np.ndarray | None], list[float]]
 
 @contextlib.contextmanager
 def offline_weights() -> Iterator[None]:
-    """Within the block, any weight download through torch hub or pyiqa raises WeightsUnavailable."""
+    """Within the block, any weight download raises WeightsUnavailable naming the file and where it belongs.
 
-    def refuse(url, dst, *args, **kwargs):
+    Covers torch hub (torchvision, lpips), pyiqa's downloader, timm (its torch-hub and Hugging Face paths: a
+    file already in the Hugging Face cache is still used), and ``urllib.request.urlopen`` (OpenAI CLIP's own
+    downloader, which CLIP-IQA uses).
+    """
+
+    def refuse(url, dst=None, *args, **kwargs):
+        url = str(getattr(url, "full_url", url))  # urlopen may get a Request
         name = url.rsplit("/", 1)[-1]
-        raise WeightsUnavailable(f"weights {name} not in the local cache ({dst}); download {url}")
+        if dst is None and "openaipublic" in url:  # OpenAI CLIP's downloader: <torch hub>/clip/<name>
+            dst = Path(torch.hub.get_dir()) / "clip" / name
+        where = f" ({dst})" if isinstance(dst, (str, Path)) else ""
+        raise WeightsUnavailable(f"weights {name} not in the local cache{where}; download {url}")
 
-    targets = [(importlib.import_module("torch.hub"), "download_url_to_file")]
-    with contextlib.suppress(ImportError):
-        targets.append((importlib.import_module("pyiqa.utils.download_util"), "download_url_to_file"))
-    saved = [(module, attr, getattr(module, attr)) for module, attr in targets]
+    def local_only(download):
+        def hf_download(*args, **kwargs):
+            kwargs["local_files_only"] = True
+            try:
+                return download(*args, **kwargs)
+            except Exception as err:
+                repo = kwargs.get("repo_id", args[0] if args else "?")
+                name = kwargs.get("filename", args[1] if len(args) > 1 else "?")
+                raise WeightsUnavailable(f"weights {name} of the Hugging Face repo {repo} not in the local "
+                                         f"Hugging Face cache ({type(err).__name__})") from None
+        return hf_download
+
+    patches = [("torch.hub", "download_url_to_file", lambda _: refuse),
+               ("pyiqa.utils.download_util", "download_url_to_file", lambda _: refuse),
+               ("timm.models._hub", "download_url_to_file", lambda _: refuse),
+               ("timm.models._hub", "hf_hub_download", local_only),
+               ("urllib.request", "urlopen", lambda _: refuse)]
+    saved = []
     try:
-        for module, attr, _ in saved:
-            setattr(module, attr, refuse)
+        for module_name, attr, make in patches:
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError:
+                continue
+            original = getattr(module, attr, None)
+            if original is None:
+                continue
+            saved.append((module, attr, original))
+            setattr(module, attr, make(original))
         yield
     finally:
         for module, attr, original in saved:
@@ -144,9 +179,25 @@ def ssim(pred: np.ndarray, gt: np.ndarray, crop_border: int = 0, y_channel: bool
 
 
 def niqe(frame: np.ndarray) -> float:
-    """basicsr NIQE of an ``h w 3`` uint8 RGB frame (Y channel, official pristine parameters)."""
+    """basicsr NIQE of an ``h w 3`` uint8 RGB frame (Y channel, official pristine parameters).
+
+    Raises ``ValueError`` with the reason for a frame NIQE is undefined on: fewer than two 96x96 blocks (the
+    block statistics need a covariance), or blocks without texture (basicsr's SVD does not converge).
+    """
+    h, w = frame.shape[:2]
+    if (h // NIQE_BLOCK) * (w // NIQE_BLOCK) < 2:
+        raise ValueError(f"NIQE needs frames of at least two {NIQE_BLOCK}x{NIQE_BLOCK} blocks "
+                         f"({2 * NIQE_BLOCK}x{NIQE_BLOCK} or {NIQE_BLOCK}x{2 * NIQE_BLOCK} px), got {h}x{w}")
     fn = import_basicsr("basicsr.metrics.niqe").calculate_niqe
-    return float(fn(frame[..., ::-1], 0, "HWC", convert_to="y"))
+    try:
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # empty-slice means of flat blocks
+            value = float(fn(frame[..., ::-1], 0, "HWC", convert_to="y"))
+    except np.linalg.LinAlgError as err:
+        raise ValueError(f"NIQE undefined on this {h}x{w} frame ({err}; flat, untextured blocks?)") from None
+    if not np.isfinite(value):
+        raise ValueError(f"NIQE undefined on this {h}x{w} frame (non-finite block statistics; flat blocks?)")
+    return value
 
 
 def load_lpips(net: Literal["alex", "vgg"], device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -157,30 +208,64 @@ def load_lpips(net: Literal["alex", "vgg"], device: str | torch.device = "cpu") 
         return lpips.LPIPS(net=net, verbose=False).to(device).eval()
 
 
+@contextlib.contextmanager
+def _pkg_resources_for_clip() -> Iterator[None]:
+    """OpenAI's ``clip`` package (imported by pyiqa's CLIP-IQA) does ``from pkg_resources import packaging``;
+    setuptools 81+ no longer ships ``pkg_resources``. While ``clip`` is imported, a stand-in module holding the
+    real ``packaging`` (all ``clip`` uses) is visible; it is removed afterwards, so nothing else sees it."""
+    if "clip" in sys.modules or importlib.util.find_spec("pkg_resources") is not None:
+        yield
+        return
+    import packaging.version
+
+    shim = types.ModuleType("pkg_resources")
+    shim.packaging = packaging
+    sys.modules["pkg_resources"] = shim
+    try:
+        importlib.import_module("clip")
+        yield
+    finally:
+        if sys.modules.get("pkg_resources") is shim:
+            del sys.modules["pkg_resources"]
+
+
 def load_pyiqa(name: str, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """A pyiqa metric (``dists``, ``brisque``, ``musiq``...) with weights from pyiqa's cache only."""
+    """A pyiqa metric (``dists``, ``brisque``, ``musiq``, ``clipiqa``, ``maniqa``) with weights from local caches
+    only (WeightsUnavailable otherwise)."""
     import pyiqa
 
-    with offline_weights(), _quiet():
+    with contextlib.ExitStack() as stack:
+        if name == "clipiqa":
+            try:
+                stack.enter_context(_pkg_resources_for_clip())
+            except ImportError as err:
+                raise WeightsUnavailable(f"CLIP-IQA needs the `clip` package (pip install openai-clip): "
+                                         f"{err}") from None
+        stack.enter_context(offline_weights())
+        stack.enter_context(_quiet())
         return pyiqa.create_metric(name, device=torch.device(device), as_loss=False)
 
 
+PYIQA_METRICS = ("dists", "brisque", "musiq", "clipiqa", "maniqa")
+
+
 def build_frame_metric(name: str, *, device="cpu", batch_size: int = 8, crop_border: int = 0,
-                       y_channel: bool = False) -> FrameMetric:
+                       y_channel: bool = False) -> Metric:
     """A per-frame metric by name (see METRICS). Raises WeightsUnavailable when weights are absent."""
     if name in ("psnr", "ssim"):
         fn = psnr if name == "psnr" else ssim
-        return lambda pred, gt: [fn(p, g, crop_border, y_channel) for p, g in zip(pred, gt)]
+        return lambda pred, gt, flow_frames=None: [fn(p, g, crop_border, y_channel) for p, g in zip(pred, gt)]
     if name == "niqe":
-        return lambda pred, gt: [niqe(p) for p in pred]
+        return lambda pred, gt=None, flow_frames=None: [niqe(p) for p in pred]
     if name in ("lpips", "lpips_vgg"):
         model = load_lpips("vgg" if name == "lpips_vgg" else "alex", device)
-        return lambda pred, gt: _batched(lambda a, b: model(a, b, normalize=True), device, batch_size, pred, gt)
-    if name in ("dists", "brisque", "musiq"):
+        return lambda pred, gt, flow_frames=None: _batched(lambda a, b: model(a, b, normalize=True), device,
+                                                           batch_size, pred, gt)
+    if name in PYIQA_METRICS:
         model = load_pyiqa(name, device)
         if METRICS[name].needs_gt:
-            return lambda pred, gt: _batched(model, device, batch_size, pred, gt)
-        return lambda pred, gt: _batched(model, device, batch_size, pred)
+            return lambda pred, gt, flow_frames=None: _batched(model, device, batch_size, pred, gt)
+        return lambda pred, gt=None, flow_frames=None: _batched(model, device, batch_size, pred)
     raise ValueError(f"unknown frame metric {name!r}; known: {sorted(METRICS)}")
 
 
@@ -189,27 +274,44 @@ def build_frame_metric(name: str, *, device="cpu", batch_size: int = 8, crop_bor
 # --------------------------------------------------------------------------------------------------
 
 
-def warping_errors(frames: np.ndarray, estimator: mflow.FlowEstimator, *, flow_frames: np.ndarray | None = None,
-                   device="cpu", alpha: float = 0.01, beta: float = 0.5) -> list[float]:
-    """Per-pair warping error ``e_t`` of ``t h w 3`` uint8 frames (module docstring), not scaled.
+def occlusion_mask_lai(fwd: torch.Tensor, bwd: torch.Tensor) -> torch.Tensor:
+    """Lai et al.'s occlusion test (module docstring): forward-backward check with squared norms, or motion boundary.
 
-    ``flow_frames`` (same shape) are the frames the flow and occlusion masks are estimated on;
-    default: ``frames`` themselves (works without GT).
+    Shapes:
+        fwd: ``(n, 2, h, w)`` flow on the reference grid t (warps frame t+1 onto frame t); bwd: ``(n, 2, h, w)``
+        on grid t+1. Returns ``(n, 1, h, w)`` float in {0, 1}, 1 = occluded, on grid t.
     """
+    warped = mflow.flow_warp(bwd, fwd, padding_mode="border")
+    squared = lambda x: (x ** 2).sum(dim=1, keepdim=True)  # noqa: E731
+    inconsistent = squared(fwd + warped) > 0.01 * (squared(fwd) + squared(warped)) + 0.5
+    du, dv = torch.zeros_like(fwd), torch.zeros_like(fwd)
+    du[..., :, :-1] = fwd[..., :, :-1] - fwd[..., :, 1:]
+    dv[..., :-1, :] = fwd[..., :-1, :] - fwd[..., 1:, :]
+    boundary = squared(du) + squared(dv) > 0.01 * squared(fwd) + 0.002
+    return (inconsistent | boundary).to(fwd.dtype)
+
+
+def warping_errors(frames: np.ndarray, estimator: mflow.FlowEstimator, *, flow_frames: np.ndarray | None = None,
+                   device="cpu") -> list[float]:
+    """Per-pair warping error ``e_t`` of ``t h w 3`` uint8 frames as Lai et al. define it (module docstring),
+    not scaled. ``flow_frames`` (same shape): the flow source; default ``frames`` themselves."""
     if len(frames) < 2:
         raise ValueError(f"warping error needs at least 2 frames, got {len(frames)}")
+    if flow_frames is not None and flow_frames.shape != frames.shape:
+        raise ValueError(f"E*warp flow source frames are {flow_frames.shape[1:3]}, "
+                         f"evaluated frames {frames.shape[1:3]}")
     video = to_tensor(frames, device)
     guide = video if flow_frames is None else to_tensor(flow_frames, device)
     errors = []
     with torch.no_grad():
         for t in range(len(frames) - 1):
             ref, nxt = guide[t:t + 1], guide[t + 1:t + 2]
-            fwd, bwd = estimator(ref, nxt), estimator(nxt, ref)
-            visible = 1.0 - mflow.occlusion_mask(fwd, bwd, alpha, beta)  # 1 h w on grid t
-            warped = mflow.flow_warp(video[t + 1:t + 2], fwd)
-            sq = ((video[t:t + 1] - warped) ** 2).sum(dim=1, keepdim=True)
-            count = visible.sum()
-            errors.append(float((sq * visible).sum() / count) if count > 0 else float("nan"))
+            fwd, bwd = estimator(ref, nxt).float(), estimator(nxt, ref).float()
+            visible = 1.0 - occlusion_mask_lai(fwd, bwd)  # 1 1 h w on grid t
+            warped = mflow.flow_warp(video[t + 1:t + 2], fwd, padding_mode="border")
+            squared = ((warped - video[t:t + 1]) * visible).double() ** 2
+            count = 3.0 * visible.double().sum()  # the mask counted over the 3 channels
+            errors.append(float(squared.sum() / count) if count > 0 else 0.0)
     return errors
 
 
@@ -221,70 +323,72 @@ def flicker(pred: np.ndarray, gt: np.ndarray) -> list[float]:
 
 
 def _raft_candidates(weights: str | Path | None) -> list[str | Path | None]:
-    """Explicit path; else torchvision's file in torch hub's cache, then mgld's raft-things.pth."""
+    """Explicit path; else torchvision's file in torch hub's cache, the converted folder's flow.safetensors (the
+    stage-1 checkpoint's RAFT), then mgld's raft-things.pth (all three hold raft-things weights)."""
     if weights is not None:
         return [weights]
-    from mgld.weights.hub import OFFICIAL_FILES, default_official_dir
+    from mgld.weights.hub import FLOW_FILE, OFFICIAL_FILES, default_official_dir, default_weights_dir
 
-    official = default_official_dir() / OFFICIAL_FILES["raft"]
-    return [None, official] if official.is_file() else [None]
+    local = [default_weights_dir() / FLOW_FILE, default_official_dir() / OFFICIAL_FILES["raft"]]
+    return [None, *[p for p in local if p.is_file()]]
 
 
 def build_flow(method: Literal["auto", "raft", "dis"] = "auto", device="cpu",
                raft_weights: str | Path | None = None) -> tuple[Callable, str]:
-    """A flow estimator for E_warp and a description of it; ``auto`` = RAFT if its weights are local, else DIS."""
-    if method not in ("auto", "raft", "dis"):
-        raise ValueError(f"unknown flow method {method!r}; expected auto, raft or dis")
-    reason = "not requested"
+    """A flow estimator for E*warp and a description of it; ``auto`` = RAFT if its weights are local, else DIS."""
+    from mgld.weights.checkpoints import CheckpointError
+
+    if method not in FLOW_METHODS:
+        raise ValueError(f"unknown flow method {method!r}; expected one of {', '.join(FLOW_METHODS)}")
+    reasons = []
     if method != "dis":
         for weights in _raft_candidates(raft_weights):
             try:
                 with offline_weights():
                     estimator = mflow.build_flow_estimator("raft", weights, device, raft_input_range="symmetric")
                 return estimator, f"raft (torchvision raft_large, weights {weights or 'C_T_V1 from torch hub cache'})"
-            except (FileNotFoundError, WeightsUnavailable) as err:
-                reason = str(err).split(". ")[0]  # the first sentence names the missing file
+            except (FileNotFoundError, WeightsUnavailable, CheckpointError) as err:
+                reasons.append(str(err).split(". ")[0])  # the first sentence names the file
+                if raft_weights is not None and isinstance(err, CheckpointError):
+                    raise
+        reason = "; ".join(reasons)
         if method == "raft":
             raise WeightsUnavailable(f"RAFT weights not found: {reason}")
         return mflow.build_flow_estimator("dis"), f"dis (OpenCV DIS medium; RAFT unavailable: {reason})"
     return mflow.build_flow_estimator("dis"), "dis (OpenCV DIS medium)"
 
 
+_FLOW_SOURCE_TEXT = {"pred": "the evaluated frames", "gt": "the GT frames", "lr": "the LR input, bicubic-upsampled"}
+
+
 def build_temporal_metric(name: str, *, device="cpu", flow: str = "auto", flow_from: str = "pred",
-                          batch_size: int = 8, raft_weights: str | Path | None = None) -> tuple[TemporalMetric, str]:
-    """A per-pair temporal metric by name and a note for the report (the flow used, for ewarp)."""
+                          batch_size: int = 8, raft_weights: str | Path | None = None) -> tuple[Metric, str]:
+    """A per-pair temporal metric by name and a note for the report (the flow and its source, for ewarp).
+
+    For ``ewarp`` the caller passes the flow-source frames as ``flow_frames`` (GT or the upsampled LR when
+    ``flow_from`` is ``gt`` / ``lr``); ``pred`` uses the evaluated frames.
+    """
     if name == "ewarp":
+        if flow_from not in FLOW_SOURCES:
+            raise ValueError(f"unknown E*warp flow source {flow_from!r}; expected one of {', '.join(FLOW_SOURCES)}")
         estimator, note = build_flow(flow, device, raft_weights)
 
-        def ewarp(pred, gt):
-            guide = gt if flow_from == "gt" else None
-            if flow_from == "gt" and gt is None:
-                raise ValueError("E_warp with flow from GT needs GT frames")
+        def ewarp(pred, gt=None, flow_frames=None):
+            if flow_from != "pred" and flow_frames is None:
+                raise ValueError(f"E*warp with the flow from {_FLOW_SOURCE_TEXT[flow_from]} needs those frames")
+            guide = flow_frames if flow_from != "pred" else None
             return [1e3 * e for e in warping_errors(pred, estimator, flow_frames=guide, device=device)]
 
-        return ewarp, f"flow: {note}; estimated on {flow_from} frames"
+        source = f"{_FLOW_SOURCE_TEXT[flow_from]} (flow source {flow_from})"
+        return ewarp, f"Lai et al.'s definition; flow and occlusion on {source}; flow: {note}"
     if name == "flicker":
-        return (lambda pred, gt: flicker(pred, gt)), "8-bit levels"
+        return (lambda pred, gt, flow_frames=None: flicker(pred, gt)), "8-bit levels"
     if name == "tlpips":
         model = load_lpips("alex", device)
 
-        def tlpips(pred, gt):
+        def tlpips(pred, gt, flow_frames=None):
             run = lambda x: _batched(lambda a, b: model(a, b, normalize=True), device, batch_size, x[:-1], x[1:])  # noqa: E731
             return np.abs(np.subtract(run(pred), run(gt))).tolist()
 
         return tlpips, "LPIPS-alex between consecutive frames"
     raise ValueError(f"unknown temporal metric {name!r}; known: {sorted(METRICS)}")
-
-
-def weights_help() -> dict[str, str]:
-    """Where each weight-needing metric looks for its files (for error messages and the README)."""
-    hub = Path(torch.hub.get_dir())
-    return {
-        "lpips": f"torchvision alexnet in {hub / 'checkpoints'}",
-        "lpips_vgg": f"torchvision vgg16 in {hub / 'checkpoints'}",
-        "dists": f"pyiqa DISTS + torchvision vgg16 in {hub / 'pyiqa'} and {hub / 'checkpoints'}",
-        "brisque": f"pyiqa brisque_svm_weights.pth in {hub / 'pyiqa'}",
-        "musiq": f"pyiqa MUSIQ (KonIQ) in {hub / 'pyiqa'}",
-        "ewarp": f"torchvision raft_large C_T_V1 in {hub / 'checkpoints'} or raft-things.pth in mgld's "
-                 "official weights folder (mgld download); else OpenCV DIS",
-    }

@@ -5,17 +5,23 @@
   checkpoints whose ``callbacks`` dict is keyed by the ``ModelCheckpoint`` *class*, which the
   weights-only unpickler refuses. :func:`load_torch_file` therefore lists the globals the pickle
   needs and lets through only Lightning names, each replaced by an inert stub class that keeps no
-  state and runs no code; any other global is refused with its name. Nothing is ever unpickled
-  without restriction.
+  state and runs no code; any other global is refused with its name. Files in torch's legacy
+  (pre-1.6, non-zip) format, such as old ``.pth`` releases, go through the plain weights-only
+  unpickler. Nothing is ever unpickled without restriction, and an unreadable file gives one line
+  naming it and saying what is wrong (never torch's advice to retry with ``weights_only=False``).
 * Loading into a module is strict: missing keys, unexpected keys and shape mismatches raise
   :class:`CheckpointError`, naming the file, the first 20 offending keys and their count.
 * A converted model is a folder: ``config.yaml`` (the ``model`` config section plus provenance),
-  ``denoiser.safetensors`` (stage-1 UNet, time-aware encoder, empty-prompt context) and/or
-  ``vae.safetensors`` (temporal VAE). Files are written to a temporary name and renamed.
+  ``denoiser.safetensors`` (stage-1 UNet, time-aware encoder, empty-prompt context), ``flow.safetensors``
+  (the stage-1 checkpoint's own RAFT, ``flownet_model.*``, in torchvision ``raft_large`` names; what the
+  authors' inference runs) and/or ``vae.safetensors`` (temporal VAE). Files are written to a temporary name
+  and renamed.
 """
 
 from __future__ import annotations
 
+import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -26,10 +32,13 @@ from torch import nn
 
 from mgld.config import ModelConfig, model_config_from_dict
 from mgld.io.atomic import atomic_write
+from mgld.weights.hub import FLOW_FILE
 
 DENOISER_FILE = "denoiser.safetensors"
 VAE_FILE = "vae.safetensors"
 CONFIG_FILE = "config.yaml"
+__all__ = ["CONFIG_FILE", "DENOISER_FILE", "FLOW_FILE", "VAE_FILE", "CheckpointError", "check_state_dict",
+           "load_into", "load_state_dict_file", "load_torch_file", "read_model_config", "save_model_folder"]
 # Modules whose globals may appear in a Lightning checkpoint; each is replaced by an inert stub.
 _STUBBED_MODULE_PREFIXES = ("pytorch_lightning.", "lightning.", "lightning_fabric.")
 
@@ -52,15 +61,47 @@ def _stub_for(name: str) -> type:
     return type(f"Dropped[{name}]", (_DroppedObject,), {"__module__": __name__})
 
 
+# Sentences of torch's own error messages that advise an unsafe load; never shown to the user.
+_UNSAFE_ADVICE = re.compile(r"weights.only|safe_globals|trusted source|arbitrary code|file an issue", re.IGNORECASE)
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _reason(err: BaseException) -> str:
+    """A one-line account of ``err`` without torch's advice to load with ``weights_only=False``."""
+    text = " ".join(str(err).split())
+    unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if unsupported:
+        return f"it needs the non-tensor object {unsupported.group(1)}, which is refused"
+    kept, length = [], 0
+    for sentence in re.split(r"(?<=[.!?])\s+", text):
+        if sentence and not _UNSAFE_ADVICE.search(sentence) and length + len(sentence) <= 200:
+            kept.append(sentence)
+            length += len(sentence)
+    detail = " ".join(kept) or "damaged, or not a PyTorch weights file"
+    return f"{type(err).__name__}: {detail}"
+
+
 def load_torch_file(path: str | Path) -> dict:
-    """``torch.load(weights_only=True)``, letting Lightning globals through as inert stubs."""
-    path = Path(path)
+    """``torch.load(weights_only=True)``, letting Lightning globals through as inert stubs.
+
+    Raises ``FileNotFoundError`` for a missing file and :class:`CheckpointError` (one line naming the file)
+    for an empty, truncated, foreign or otherwise unreadable one.
+    """
+    path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes); an interrupted download or copy?")
+    if not zipfile.is_zipfile(path):
+        with path.open("rb") as f:
+            if f.read(4) == _ZIP_MAGIC:
+                raise CheckpointError(f"{path}: truncated or damaged (a zip archive without its central "
+                                      "directory; an interrupted download or copy?)")
+        return _load_legacy(path)
     try:
         needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception as err:  # not a zip-format torch file
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from err
+    except Exception as err:  # a damaged zip archive
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_reason(err)})") from None
     refused = [g for g in needed if not g.startswith(_STUBBED_MODULE_PREFIXES)]
     if refused:
         raise CheckpointError(
@@ -71,7 +112,19 @@ def load_torch_file(path: str | Path) -> dict:
         with torch.serialization.safe_globals(stubs):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:
-        raise CheckpointError(f"{path}: could not be read ({type(err).__name__}: {err})") from err
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_reason(err)})") from None
+
+
+def _load_legacy(path: Path) -> dict:
+    """A file in torch's legacy (non-zip) format, or not a torch file at all: weights-only unpickler only."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        reason = _reason(err)
+        if "refused" in reason:
+            raise CheckpointError(f"{path}: refusing to unpickle objects other than tensors and plain "
+                                  f"containers ({reason})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
 
 
 def load_state_dict_file(path: str | Path, nested_keys: tuple[str, ...] = ("state_dict",)) -> dict[str, torch.Tensor]:
@@ -80,14 +133,14 @@ def load_state_dict_file(path: str | Path, nested_keys: tuple[str, ...] = ("stat
     When the checkpoint is a dict holding one of ``nested_keys`` (Lightning's ``state_dict``, basicsr's
     ``params``), that entry is returned.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.suffix == ".safetensors":
         if not path.is_file():
             raise FileNotFoundError(f"weights not found: {path}")
         try:
             return load_file(path)
         except Exception as err:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
+            raise CheckpointError(f"{path}: not a readable safetensors file ({_reason(err)})") from None
     data = load_torch_file(path)
     for key in nested_keys:
         if isinstance(data, Mapping) and key in data:
@@ -137,10 +190,13 @@ def save_model_folder(
     denoiser: nn.Module | Mapping[str, torch.Tensor] | None = None,
     vae: nn.Module | Mapping[str, torch.Tensor] | None = None,
     provenance: dict | None = None,
+    flow: nn.Module | Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write ``config.yaml`` and the given parts' ``*.safetensors`` (modules or state dicts) into ``folder``."""
+    """Write ``config.yaml`` and the given parts' ``*.safetensors`` (modules or state dicts) into ``folder``.
+
+    ``flow``: the RAFT weights (torchvision ``raft_large`` names) written as ``flow.safetensors``."""
     folder = Path(folder)
-    parts = {DENOISER_FILE: denoiser, VAE_FILE: vae}
+    parts = {DENOISER_FILE: denoiser, VAE_FILE: vae, FLOW_FILE: flow}
     for name, module in parts.items():
         if module is not None:
             state = module.state_dict() if isinstance(module, nn.Module) else module

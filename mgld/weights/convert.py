@@ -11,6 +11,9 @@ what MGLD adds is mapped here explicitly:
   ResNet block and is moved to ``sft.{down,mid,up}...``. Whatever is stored in the shifted slots is
   copied as is (docs/algorithm.md §2.1).
 * Time-aware encoder: same names, prefix stripped.
+* RAFT (``flownet_model.*``, the authors' RAFT_SR, whose keys are those of the original raft-things
+  release): renamed to torchvision ``raft_large`` names by :func:`mgld.flow.convert_raft_things_state_dict`
+  and written to the converted folder as ``flow.safetensors`` (docs/checkpoints.md).
 * Video VAE: LDM decoder levels are reversed in diffusers (``up.{i}`` -> ``up_blocks.{L-1-i}``);
   ``decoder.temporal_mixing`` / ``decoder.up.{i}.temporal_mixing.{j}`` -> ``temporal.mid`` /
   ``temporal.up.{L-1-i}.{j}``; ``decoder.fusion_layer_{k}.encode_enc_{1,2,3}`` ->
@@ -26,10 +29,13 @@ import re
 
 import torch
 
+from mgld.weights.hub import STAGE1_RAFT_PREFIX
+
 UNET_PREFIX = "model.diffusion_model."
 COND_ENCODER_PREFIX = "structcond_stage_model."
 OPENCLIP_PREFIX = "cond_stage_model.model."
 FIRST_STAGE_PREFIX = "first_stage_model."
+RAFT_PREFIX = STAGE1_RAFT_PREFIX
 
 # MGLD middle-block index -> SD middle-block index (the spatial ResNets and transformer)
 _MID_SD_SLOT = {0: 0, 2: 1, 4: 2}
@@ -187,6 +193,24 @@ def official_denoiser_state_dict(ckpt_sd: dict, cfg, context: torch.Tensor | Non
         context = context_from_openclip(ckpt_sd)
     out["text_context"] = context.detach().float().reshape(1, *context.shape[-2:])
     return out
+
+
+def official_raft_state_dict(ckpt_sd: dict) -> dict | None:
+    """The stage-1 checkpoint's RAFT (``flownet_model.*``) in torchvision ``raft_large`` names; None if absent.
+
+    The authors' inference loads these tensors over raft-things.pth, so they are the flow weights the
+    released results were computed with (docs/checkpoints.md). The caller checks the result strictly
+    against ``raft_large``.
+    """
+    from mgld.flow import convert_raft_things_state_dict
+
+    raft_sd = strip_prefix(ckpt_sd, RAFT_PREFIX)
+    if not raft_sd:
+        return None
+    try:
+        return convert_raft_things_state_dict(raft_sd)
+    except ValueError as err:
+        raise ConversionError(f"the {RAFT_PREFIX}* tensors: {err}") from None
 
 
 def official_vae_state_dict(ckpt_sd: dict, cfg) -> dict:

@@ -14,6 +14,9 @@ log = logging.getLogger(__name__)
 # A public mirror of the authors' released files (not an official upload by the authors).
 DEFAULT_REPO_ID = "Iceclear/MGLD-VSR"
 OFFICIAL_FILES = {"stage1": "mgldvsr_unet.ckpt", "vae": "video_vae_cfw.ckpt", "raft": "raft-things.pth"}
+# The stage-1 checkpoint's RAFT (``flownet_model.*``) in a converted folder, torchvision ``raft_large`` names.
+FLOW_FILE = "flow.safetensors"
+STAGE1_RAFT_PREFIX = "flownet_model."
 
 
 def mgld_home() -> Path:
@@ -72,3 +75,34 @@ def download_official(
                 ) from err
         paths[role] = target
     return paths
+
+
+def default_flow_weights(method: str, weights: str | Path | None, stage1: str | Path | None = None) -> str | None:
+    """The flow weights inference uses when ``flow.weights`` is not set: what the authors' script runs.
+
+    ``stage1`` is where the denoiser comes from (a converted folder or an official stage-1 ``.ckpt``; ``None``:
+    :func:`default_weights_dir`). For RAFT, in order: ``weights`` when given; the folder's ``flow.safetensors``
+    (written by ``mgld convert`` from the stage-1 checkpoint's ``flownet_model.*``, which the authors' script
+    loads over raft-things.pth); the stage-1 ``.ckpt`` itself when it holds ``flownet_model.*``;
+    ``<mgld_home>/official/raft-things.pth``; else ``None`` (torchvision's ``raft_large`` C_T_V1 file in torch
+    hub's cache, a port of raft-things). Other methods: ``weights`` as given.
+    """
+    if weights or method != "raft":
+        return str(Path(weights).expanduser()) if weights else None
+    source = Path(stage1).expanduser() if stage1 else default_weights_dir()
+    if source.is_dir() and (source / FLOW_FILE).is_file():
+        return str(source / FLOW_FILE)
+    if source.is_file() and holds_stage1_raft(source):
+        return str(source)
+    official = default_official_dir() / OFFICIAL_FILES["raft"]
+    return str(official) if official.is_file() else None
+
+
+def holds_stage1_raft(path: str | Path) -> bool:
+    """Whether the weight file ``path`` has ``flownet_model.*`` tensors (memory-mapped read; False if unreadable)."""
+    from mgld.weights.checkpoints import load_state_dict_file
+
+    try:
+        return any(k.startswith(STAGE1_RAFT_PREFIX) for k in load_state_dict_file(path))
+    except (OSError, RuntimeError, ValueError):
+        return False

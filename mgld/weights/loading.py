@@ -3,7 +3,7 @@
 * :func:`load_denoiser` / :func:`load_vae` accept a converted folder (``config.yaml`` +
   ``*.safetensors``, see :mod:`mgld.weights.checkpoints`) or an official ``.ckpt`` (converted on the fly).
 * :func:`convert_official` turns the official ``mgldvsr_unet.ckpt`` / ``video_vae_cfw.ckpt`` into a
-  converted folder once.
+  converted folder once, including the stage-1 checkpoint's own RAFT (``flow.safetensors``).
 * :func:`init_denoiser_from_sd` / :func:`init_vae_from_sd` start training from plain SD 2.1-base
   (an LDM ``.ckpt`` such as ``v2-1_512-ema-pruned.ckpt`` or a diffusers folder).
 
@@ -13,7 +13,9 @@ initialised only to be overwritten.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -26,6 +28,19 @@ from mgld.weights import checkpoints as ckpt
 from mgld.weights import convert
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _naming(path: str | Path) -> Iterator[None]:
+    """Conversion errors raised inside name ``path`` (the state-dict converters do not know the file)."""
+    try:
+        yield
+    except (convert.ConversionError, KeyError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        if str(path) in message:
+            raise
+        raise convert.ConversionError(f"{path}: {message}") from None
+
 
 def _diff(a: ModelConfig, b: ModelConfig) -> list[str]:
     """``"section.key: weights x vs config y"`` for every differing leaf."""
@@ -78,7 +93,8 @@ def load_denoiser(
         source = str(path / ckpt.DENOISER_FILE)
     else:
         cfg = cfg or ModelConfig()
-        state_dict = convert.official_denoiser_state_dict(ckpt.load_state_dict_file(path), cfg, context)
+        with _naming(path):
+            state_dict = convert.official_denoiser_state_dict(ckpt.load_state_dict_file(path), cfg, context)
         source = str(path)
     return _materialise(lambda: build_denoiser(cfg), state_dict, source), cfg
 
@@ -92,7 +108,8 @@ def load_vae(path: str | Path, cfg: ModelConfig | None = None) -> tuple[Temporal
         source = str(path / ckpt.VAE_FILE)
     else:
         cfg = cfg or ModelConfig()
-        state_dict = convert.official_vae_state_dict(ckpt.load_state_dict_file(path), cfg)
+        with _naming(path):
+            state_dict = convert.official_vae_state_dict(ckpt.load_state_dict_file(path), cfg)
         source = str(path)
     return _materialise(lambda: build_vae(cfg), state_dict, source), cfg
 
@@ -104,20 +121,43 @@ def convert_official(
     cfg: ModelConfig | None = None,
     context: torch.Tensor | None = None,
 ) -> Path:
-    """Convert the official checkpoints into the folder ``out`` (either or both parts)."""
+    """Convert the official checkpoints into the folder ``out`` (either or both parts).
+
+    The stage-1 checkpoint gives ``denoiser.safetensors`` and, from its ``flownet_model.*`` tensors,
+    ``flow.safetensors`` (the RAFT the authors' inference runs, checked strictly against torchvision's
+    ``raft_large``). A stage-1 checkpoint without RAFT tensors converts without a flow file (and removes a
+    stale one from an earlier conversion), so inference falls back to raft-things.pth.
+    """
     if stage1 is None and vae is None:
         raise ValueError("nothing to convert: give the stage-1 checkpoint, the video-VAE checkpoint, or both")
     cfg = cfg or ModelConfig()
     parts, provenance = {}, {}
     if stage1 is not None:
         log.info("converting the stage-1 checkpoint %s", stage1)
-        sd = convert.official_denoiser_state_dict(ckpt.load_state_dict_file(stage1), cfg, context)
+        full = ckpt.load_state_dict_file(stage1)
+        with _naming(stage1):
+            sd = convert.official_denoiser_state_dict(full, cfg, context)
+            raft = convert.official_raft_state_dict(full)
         with torch.device("meta"):
             ckpt.check_state_dict(build_denoiser(cfg), sd, str(stage1))
         parts["denoiser"], provenance["denoiser"] = sd, Path(stage1).name
+        if raft is not None:
+            from torchvision.models.optical_flow import raft_large
+
+            with torch.device("meta"):
+                ckpt.check_state_dict(raft_large(weights=None), raft, f"{stage1} ({convert.RAFT_PREFIX}*)")
+            parts["flow"] = raft
+            provenance["flow"] = f"{Path(stage1).name}: {convert.RAFT_PREFIX}* (RAFT, torchvision raft_large names)"
+        else:
+            log.warning("%s holds no %s* (RAFT) tensors: no %s written; inference will use raft-things.pth",
+                        stage1, convert.RAFT_PREFIX, ckpt.FLOW_FILE)
+            stale = Path(out) / ckpt.FLOW_FILE
+            if stale.is_file():
+                stale.unlink()
     if vae is not None:
         log.info("converting the video-VAE checkpoint %s", vae)
-        sd = convert.official_vae_state_dict(ckpt.load_state_dict_file(vae), cfg)
+        with _naming(vae):
+            sd = convert.official_vae_state_dict(ckpt.load_state_dict_file(vae), cfg)
         with torch.device("meta"):
             ckpt.check_state_dict(build_vae(cfg), sd, str(vae))
         parts["vae"], provenance["vae"] = sd, Path(vae).name
@@ -157,8 +197,9 @@ def init_denoiser_from_sd(
         context = context_from_diffusers(sd_source)
     else:
         full = ckpt.load_state_dict_file(sd_source)
-        unet_sd = convert.sd_unet_state_dict(full, cfg.unet.num_res_blocks)
-        context = context_from_openclip(full)
+        with _naming(sd_source):
+            unet_sd = convert.sd_unet_state_dict(full, cfg.unet.num_res_blocks)
+            context = context_from_openclip(full)
     ckpt.load_into(denoiser.unet.base, unet_sd, str(sd_source))
     denoiser.text_context.copy_(context.reshape(denoiser.text_context.shape))
     if not mid_from_sd:
@@ -174,7 +215,8 @@ def init_vae_from_sd(sd_source: str | Path, cfg: ModelConfig | None = None) -> T
     if sd_source.is_dir():
         state_dict = ckpt.load_state_dict_file(diffusers_weights_file(sd_source / "vae"))
     else:
-        state_dict = convert.sd_vae_state_dict(ckpt.load_state_dict_file(sd_source), len(cfg.vae.ch_mult))
+        with _naming(sd_source):
+            state_dict = convert.sd_vae_state_dict(ckpt.load_state_dict_file(sd_source), len(cfg.vae.ch_mult))
     ckpt.load_into(vae.base, state_dict, str(sd_source))
     return vae
 
