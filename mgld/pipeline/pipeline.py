@@ -58,6 +58,7 @@ from mgld.models import MGLDDenoiser, TemporalVAE, build_denoiser, build_vae
 from mgld.perf.profiler import StageProfiler, stage
 from mgld.pipeline.chunks import plan_chunks
 from mgld.pipeline.colorfix import color_fix
+from mgld.weights.hub import default_flow_weights
 
 log = logging.getLogger(__name__)
 PAD_MULTIPLE = 32
@@ -346,7 +347,9 @@ class MGLDPipeline:
         if self._flow_estimator is None:
             flow = self.config.flow
             self._flow_estimator = build_flow_estimator(
-                flow.method, _default_flow_weights(flow.method, flow.weights), self.device,
+                flow.method,
+                default_flow_weights(flow.method, flow.weights, self.config.infer.unet or self.config.infer.weights),
+                self.device,
                 raft_input_range=flow.raft_input_range, raft_iters=flow.raft_iters,
             )
         return self._flow_estimator
@@ -682,12 +685,3 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
 
-
-def _default_flow_weights(method: str, weights: str | None) -> str | None:
-    """The configured file, else ``$MGLD_HOME/official/raft-things.pth`` when it exists (RAFT)."""
-    if weights or method != "raft":
-        return weights
-    from mgld.weights.hub import OFFICIAL_FILES, default_official_dir
-
-    candidate = default_official_dir() / OFFICIAL_FILES["raft"]
-    return str(candidate) if candidate.is_file() else None
