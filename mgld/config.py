@@ -178,11 +178,38 @@ class InferConfig:
     device: str = "auto"
     devices: int = 1
     precision: str = "auto"
-    crf: int = 18
     overwrite: bool = False
+    num_nodes: int = 1
 
     def __post_init__(self) -> None:
         _choice("infer.precision", self.precision, ("auto", "fp32", "fp16", "bf16"))
+
+
+@dataclass
+class OutputConfig:
+    """How results are written (mgld/io): frames or video, bit depth, 8-bit quantisation, video encoding."""
+
+    format: str = "auto"  # auto: by the output path (video extension -> video) | frames | video
+    quantize: str = "truncate"  # truncate: the authors' (x·255).astype(uint8) after clamping | round (half to even)
+    bit_depth: int | None = 8  # 8 | 16 (16-bit PNG, 10-bit H.264, 16-bit FFV1) | null: 16 when the input is deeper
+    codec: str = "h264"  # h264 (lossy, crf) | ffv1 (lossless RGB, .mkv)
+    crf: int = 18  # H.264 quality 0-51 (lower = better)
+    fps: float | None = None  # frame rate of a video made from frames (needed for frames -> video)
+    reproducible: bool = True  # single-threaded x264 without SIMD: the same frames give the same bytes anywhere
+    segment_frames: int = 64  # frames per video segment: the unit of resume and of splitting a video over processes
+
+    def __post_init__(self) -> None:
+        _choice("output.format", self.format, ("auto", "frames", "video"))
+        _choice("output.quantize", self.quantize, ("truncate", "round"))
+        _choice("output.codec", self.codec, ("h264", "ffv1"))
+        if self.bit_depth not in (8, 16, None):
+            raise ValueError(f"output.bit_depth must be 8, 16 or null (as deep as the input), got {self.bit_depth}")
+        if not 0 <= self.crf <= 51:
+            raise ValueError(f"output.crf must be in 0..51 (H.264), got {self.crf}")
+        if self.segment_frames < 1:
+            raise ValueError(f"output.segment_frames must be >= 1, got {self.segment_frames}")
+        if self.fps is not None and not 0 < self.fps <= 1000:
+            raise ValueError(f"output.fps must be in (0, 1000], got {self.fps}")
 
 
 @dataclass
@@ -195,6 +222,7 @@ class Config:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     chunk: ChunkConfig = field(default_factory=ChunkConfig)
     infer: InferConfig = field(default_factory=InferConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
