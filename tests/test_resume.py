@@ -343,3 +343,17 @@ def test_bad_values_are_refused_before_any_model(tmp_path, monkeypatch, capsys, 
     err = capsys.readouterr().err
     assert code in (1, 2) and fragment in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lr"]
+
+
+def test_cli_keep_going_reports_the_skipped_sequence_and_exits_non_zero(tmp_path, capsys):
+    from mgld.cli.infer import main
+
+    save_frames(tmp_path / "lr" / "a", NAMES[:2])
+    save_frames(tmp_path / "lr" / "b", NAMES[:2])
+    (tmp_path / "lr" / "b" / NAMES[0]).write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    code = main(["--config", str(TINY), "--input", str(tmp_path / "lr"), "--output", str(tmp_path / "sr"),
+                 "--steps", "1", "--quiet", "--keep-going"])
+    err = capsys.readouterr().err
+    assert code == 1 and f"error: b skipped: {tmp_path / 'lr' / 'b' / NAMES[0]}" in err and "Traceback" not in err
+    assert "1 sequence(s) failed and were skipped" in err
+    assert _pngs(tmp_path / "sr" / "a") == sorted(NAMES[:2]) and not (tmp_path / "sr" / "b").exists()

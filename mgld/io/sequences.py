@@ -9,10 +9,11 @@ Readers (:meth:`Sequence.reader`) stream frames as float32 ``t 3 h w`` RGB in [0
 A video is decoded forward once, keeping only the frames of the current chunk; a
 backward request reopens the file and decodes again from the start.
 
-Writers are resumable and atomic: :class:`FrameWriter` (a PNG folder, ``mgld.io.frames``)
-and :class:`VideoWriter` (H.264 with the source's audio, ``mgld.io.video_writer``);
-:func:`output_kind` picks one from the output path. This module is the entry point of
-the input/output layer and re-exports both.
+Writers are resumable, atomic and keep run records (``mgld.io.manifest``): :class:`FrameWriter`
+(a PNG folder, ``mgld.io.frames``) and :class:`VideoWriter` (H.264/FFV1 with the source's timing,
+audio and rotation, ``mgld.io.video_writer``); :func:`output_kind` and :func:`output_targets`
+decide what goes where, :func:`check_outputs_outside_inputs` refuses an output inside the input.
+This module is the entry point of the input/output layer and re-exports both writers.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class Sequence:
     """One input sequence: a frame folder or a video file.
 
     ``frame_names`` are the output file names: the input names as ``.png`` for frames,
-    ``f"{i:08d}.png"`` for a video. ``fps``/``rate`` (float / exact average frame rate),
+    ``f"{i:08d}.png"`` for a video. ``rate`` (the exact average frame rate),
     ``time_base``/``pts`` (every frame's presentation time) and ``display_matrix`` (rotation)
     are set for videos only; ``files`` lists the image files of a frame sequence;
     ``bit_depth`` is 16 for samples deeper than 8 bits.
@@ -74,7 +75,6 @@ class Sequence:
     frame_names: list[str]
     height: int
     width: int
-    fps: float | None = None
     has_audio: bool = False
     rate: Fraction | None = None
     files: list[Path] = field(default_factory=list)
@@ -201,8 +201,8 @@ def _video_sequence(path: Path, allow_truncated: bool = False) -> Sequence:
         )
     info = probe_video(path, allow_truncated)
     names = [f"{i:08d}.png" for i in range(info.num_frames)]
-    return Sequence(path.stem, path, "video", names, info.height, info.width, float(info.rate), info.has_audio,
-                    rate=info.rate, time_base=info.time_base, pts=info.pts, bit_depth=info.bit_depth,
+    return Sequence(path.stem, path, "video", names, info.height, info.width, info.has_audio, rate=info.rate,
+                    time_base=info.time_base, pts=info.pts, bit_depth=info.bit_depth,
                     display_matrix=info.display_matrix)
 
 
@@ -248,13 +248,16 @@ def output_kind(output_path: str | Path, sequences: Sequence | list[Sequence],
 
 def output_targets(input_path: Path, output_path: Path, sequences: list[Sequence], kind: str,
                    video_ext: str = ".mp4") -> list[Path]:
-    """Where each sequence's output goes: ``output_path`` itself for a single input sequence given directly
-    (a frame folder or a video file), else ``output_path / name`` (a folder, or ``name + video_ext``)."""
-    path_is_video = output_path.suffix.lower() in VIDEO_EXTENSIONS
+    """Where each sequence's output goes: ``output_path`` itself for an output video path, or for a frame folder
+    or video given directly and written as frames; else ``output_path / name`` (a folder, or ``name + video_ext``
+    with ``--output-format video``)."""
+    if Path(output_path).suffix.lower() in VIDEO_EXTENSIONS:
+        return [Path(output_path)] * len(sequences)  # output_kind allows one sequence only
     targets = []
     for seq in sequences:
-        direct = seq.source == input_path and (kind == "frames" or path_is_video)
-        targets.append(output_path if direct else output_path / (seq.name + (video_ext if kind == "video" else "")))
+        direct = kind == "frames" and seq.source == Path(input_path)
+        targets.append(Path(output_path) if direct else Path(output_path) / (seq.name + (
+            video_ext if kind == "video" else "")))
     return targets
 
 

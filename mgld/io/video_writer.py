@@ -287,12 +287,11 @@ class VideoWriter:
             _, container, _, tmp = self._segment
             try:
                 container.close()
-            except (av.FFmpegError, OSError):
+            except Exception:  # noqa: BLE001 - cleaning up after an error: report that one, not this
                 pass
             tmp.unlink(missing_ok=True)
             self._segment, self._next = None, None
-        if not self._written:
-            self._remove_created()
+        self._remove_created()
 
     def __enter__(self) -> VideoWriter:
         return self
@@ -410,12 +409,14 @@ class VideoWriter:
         k, container, stream, tmp = self._segment
         container.mux(stream.encode(None))
         container.close()
-        self._segment, self._next = None, None
         tmp.replace(self._part(k))
+        self._segment, self._next = None, None
         self._finished[k] = True
 
     def _remove_created(self) -> None:
-        if self.parts.is_dir() and not any(self.parts.glob(f"{self._parts_id}-*")):
+        """Remove the work folder if it holds nothing but its manifest (no segment, finished or being written
+        by another process), and the folders this writer created if they are empty."""
+        if self.parts.is_dir() and {p.name for p in self.parts.iterdir()} <= {"manifest.json"}:
             shutil.rmtree(self.parts, ignore_errors=True)
         remove_created(self._created)
 

@@ -170,21 +170,25 @@ def plan_units(chunks: list[Chunk], kind: str, segment_frames: int = 64):
 
 def split_work(jobs: list[Job], index: int, count: int) -> list[tuple[int, int, int]]:
     """``(job, first chunk, stop chunk)`` ranges for process ``index`` of ``count``: the units of all jobs in
-    order, cut into ``count`` contiguous pieces of about equal frame count (a job may span several processes)."""
-    units = [(j, a, b, sum(n for n in (written_range(job.chunks, c) for c in range(a, b)) for n in [n[1] - n[0]]))
-             for j, job in enumerate(jobs) for a, b in job.units]
+    order, cut into ``count`` contiguous pieces of about equal frame count (a job may span several processes).
+    A unit goes to the process whose share holds its middle frame."""
+    units = [(j, a, b, _frames_written(job.chunks, a, b)) for j, job in enumerate(jobs) for a, b in job.units]
     total = sum(u[3] for u in units) or 1
-    mine, done = [], 0
+    mine, before = [], 0
     for j, a, b, frames in units:
-        owner = min(count - 1, int(count * (done + frames / 2) / total))
-        done += frames
+        owner = min(count - 1, int(count * (before + frames / 2) / total))
+        before += frames
         if owner != index:
             continue
         if mine and mine[-1][0] == j and mine[-1][2] == a:
-            mine[-1] = (j, mine[-1][1], b)
+            mine[-1] = (j, mine[-1][1], b)  # extend the previous range of the same sequence
         else:
             mine.append((j, a, b))
     return mine
+
+
+def _frames_written(chunks: list[Chunk], a: int, b: int) -> int:
+    return sum(hi - lo for lo, hi in (written_range(chunks, c) for c in range(a, b)))
 
 
 def pixel_settings(cfg: Config, kind: str, device_type: str) -> dict:
