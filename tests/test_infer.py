@@ -239,6 +239,14 @@ def test_sixteen_bit_png_and_rounding(tmp_path, cfg, pipe):
     # trunc(257 y) // 257 == trunc(y) for y = 255 x (up to float32 rounding at a level boundary)
     assert np.abs(t16 // 257 - t8).max() <= 1 and (t16 // 257 == t8).mean() > 0.999
     assert (t16 % 257 != 0).mean() > 0.5  # values between the 8-bit levels: real 16-bit output
+    # bit_depth null (--bit-depth auto): as deep as the input
+    (tmp_path / "lr16").mkdir()
+    for name in NAMES[:2]:
+        cv2.imwrite(str(tmp_path / "lr16" / name), cv2.imread(str(tmp_path / "lr" / name)).astype(np.uint16) * 257)
+    auto = _with(cfg, output={"bit_depth": None})
+    for source, bits in (("lr", np.uint8), ("lr16", np.uint16)):
+        run(auto, tmp_path / source, tmp_path / f"auto_{source}", pipe=pipe, progress=False)
+        assert cv2.imread(str(tmp_path / f"auto_{source}" / NAMES[0]), cv2.IMREAD_UNCHANGED).dtype == bits
 
 
 def test_vfr_video_keeps_its_timestamps_audio_and_rotation(tmp_path, cfg, pipe):

@@ -47,9 +47,10 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def input_identity(files: list[Path]) -> list[list]:
-    """``[[name, size, sha256], ...]`` of the input files (names relative to their folder)."""
-    return [[Path(f).name, Path(f).stat().st_size, file_sha256(Path(f))] for f in files]
+def input_identity(files: list[Path], with_names: bool = True) -> list[list]:
+    """``[[name, size, sha256], ...]`` of the input files; ``with_names=False`` leaves the names out (a video
+    renamed or moved is the same input; a frame's name is its output's name, so it counts)."""
+    return [[Path(f).name if with_names else "", Path(f).stat().st_size, file_sha256(Path(f))] for f in files]
 
 
 @dataclass

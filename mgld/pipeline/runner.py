@@ -240,12 +240,12 @@ def _writer(cfg: Config, job: Job, clean: bool = False):
         else:
             rate, pts, time_base = Fraction(out.fps).limit_denominator(1001), None, None
         return VideoWriter(job.target, rate, seq.width * scale, seq.height * scale, crf=out.crf,
-                           audio_source=seq.source if seq.has_audio else None, overwrite=cfg.infer.overwrite,
+                           audio_source=seq.source if seq.has_audio else None,
                            num_frames=len(seq), pts=pts, time_base=time_base, segments=job.segments,
                            codec=out.codec, bit_depth=bit_depth, quantize=out.quantize,
                            reproducible=out.reproducible, display_matrix=seq.display_matrix, record=job.record,
                            clean=clean)
-    return FrameWriter(job.target, seq.frame_names, overwrite=cfg.infer.overwrite, record=job.record,
+    return FrameWriter(job.target, seq.frame_names, record=job.record,
                        bit_depth=bit_depth, quantize=out.quantize, size=(seq.height * scale, seq.width * scale),
                        clean=clean)
 
@@ -367,12 +367,15 @@ def _plan(cfg: Config, input_path: Path, output_path: Path, device_type: str, al
             _warn_upsampling(cfg, seq)
             chunks = plan_chunks(len(seq), cfg.chunk.frames, cfg.chunk.overlap)
             units, segments = plan_units(chunks, kind, cfg.output.segment_frames)
-            record = RunRecord(str(seq.source.resolve()), input_identity(seq.input_files()),
+            record = RunRecord(str(seq.source.resolve()), input_identity(seq.input_files(), seq.kind == "frames"),
                                pixel_settings(cfg, kind, device_type), __version__)
             job = Job(seq, target, kind, record, chunks, units, segments)
-            note = _writer(cfg, job).check()  # creates nothing
-            if note:
-                log.warning("%s", note)
+            if cfg.infer.overwrite:
+                _forget_outputs(job)
+            else:
+                note = _writer(cfg, job).check()  # creates nothing
+                if note:
+                    log.warning("%s", note)
             folder = target.parent / f".{target.name}.parts" if kind == "video" else target
             if folder.is_dir():
                 remove_temporaries(folder, min_age_s=clean_age_s)
@@ -384,6 +387,23 @@ def _plan(cfg: Config, input_path: Path, output_path: Path, device_type: str, al
                 raise
             failed.append((seq.name, str(err)))
     return jobs
+
+
+def _forget_outputs(job: Job) -> None:
+    """``--overwrite``: remove the records (and unfinished video segments) of earlier runs, so that every output
+    is redone; the output files themselves are replaced as the run goes. Every process does this before any
+    process writes (Fabric starts the work once all have joined); independent ``--shard`` jobs do it when each
+    starts, so start them together or clear the output first."""
+    import shutil
+
+    from mgld.io.manifest import RECORD_DIR
+    from mgld.io.video_writer import sidecar_path
+
+    if job.kind == "video":
+        sidecar_path(job.target).unlink(missing_ok=True)
+        shutil.rmtree(job.target.parent / f".{job.target.name}.parts", ignore_errors=True)
+    else:
+        shutil.rmtree(job.target / RECORD_DIR, ignore_errors=True)
 
 
 def _warn_upsampling(cfg: Config, seq) -> None:
