@@ -203,8 +203,8 @@ class InferConfig:
     device: str = "auto"
     devices: int = 1
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    crf: int = 18
     overwrite: bool = False
+    num_nodes: int = 1
 
     def __post_init__(self) -> None:
         _check_choices(self, "infer")
@@ -213,10 +213,32 @@ class InferConfig:
         _require(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None, "infer.device",
                  "must be auto, cpu, mps, cuda or cuda:N", self.device)
         _require(self.devices >= 1, "infer.devices", "must be >= 1", self.devices)
-        _require(0 <= self.crf <= 51, "infer.crf", "must be in [0, 51]", self.crf)
+        _require(self.num_nodes >= 1, "infer.num_nodes", "must be >= 1", self.num_nodes)
         if self.precision in ("fp16", "bf16") and self.device in ("cpu", "mps"):
             raise ValueError(f"infer.precision: {self.precision} needs a CUDA device, but infer.device is "
                              f"{self.device!r}; use infer.precision=fp32 (or auto)")
+
+
+@dataclass
+class OutputConfig:
+    """How results are written (mgld/io): frames or video, bit depth, 8-bit quantisation, video encoding."""
+
+    format: Literal["auto", "frames", "video"] = "auto"  # auto: by the output path (video extension -> video)
+    quantize: Literal["truncate", "round"] = "truncate"  # truncate: the authors' (x·255).astype(uint8) after clamping
+    bit_depth: int | None = 8  # 8 | 16 (16-bit PNG, 10-bit H.264, 16-bit FFV1) | null: 16 when the input is deeper
+    codec: Literal["h264", "ffv1"] = "h264"  # h264 (lossy, crf) | ffv1 (lossless RGB, .mkv)
+    crf: int = 18  # H.264 quality 0-51 (lower = better)
+    fps: float | None = None  # frame rate of a video made from frames (needed for frames -> video)
+    reproducible: bool = True  # single-threaded x264 without SIMD: the same frames give the same bytes anywhere
+    segment_frames: int = 64  # frames per video segment: the unit of resume and of splitting a video over processes
+
+    def __post_init__(self) -> None:
+        _check_choices(self, "output")
+        _require(self.bit_depth in (8, 16, None), "output.bit_depth", "must be 8, 16 or null (as deep as the input)",
+                 self.bit_depth)
+        _require(0 <= self.crf <= 51, "output.crf", "must be in [0, 51] (H.264)", self.crf)
+        _require(self.segment_frames >= 1, "output.segment_frames", "must be >= 1", self.segment_frames)
+        _require(self.fps is None or 0 < self.fps <= 1000, "output.fps", "must be in (0, 1000]", self.fps)
 
 
 @dataclass
@@ -229,6 +251,7 @@ class Config:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     chunk: ChunkConfig = field(default_factory=ChunkConfig)
     infer: InferConfig = field(default_factory=InferConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
 
 
 INFERENCE_SECTIONS = ("sampling", "flow", "decode", "chunk", "infer")

@@ -374,7 +374,14 @@ class SpyNetEstimator(nn.Module):
 
 
 class DisEstimator:
-    """OpenCV's DIS optical flow on grey-level images (CPU, no weights; one pair at a time)."""
+    """OpenCV's DIS optical flow on grey-level images (CPU, no weights; one pair at a time).
+
+    OpenCV's DIS rejects images under 12 px a side and fails (or crashes) on some thin ones (8x128, 12x504), so
+    both images are edge-padded at the bottom/right to at least ``MIN_SIZE`` px a side and the flow is cropped
+    back: any frame size works, down to 1x1.
+    """
+
+    MIN_SIZE = 32
 
     def __init__(self, preset: int | None = None):
         import cv2
@@ -388,8 +395,12 @@ class DisEstimator:
         _check_pair(ref, sup)
         dis = cv2.DISOpticalFlow_create(self.preset)
         # cv2 calc(prev, next) gives prev(p) ≈ next(p + flow(p)): prev = ref, next = sup is our convention
-        flows = [dis.calc(_to_grey_uint8(r), _to_grey_uint8(s), None) for r, s in zip(ref, sup)]
-        flow = torch.from_numpy(np.stack(flows))  # n h w 2
+        h, w = ref.shape[-2:]
+        pad = dict(top=0, left=0, bottom=max(0, self.MIN_SIZE - h), right=max(0, self.MIN_SIZE - w),
+                   borderType=cv2.BORDER_REPLICATE)
+        flows = [dis.calc(cv2.copyMakeBorder(_to_grey_uint8(r), **pad), cv2.copyMakeBorder(_to_grey_uint8(s), **pad),
+                          None)[:h, :w] for r, s in zip(ref, sup)]
+        flow = torch.from_numpy(np.ascontiguousarray(np.stack(flows)))  # n h w 2
         return rearrange(flow, "n h w c -> n c h w").to(device=ref.device, dtype=ref.dtype)
 
 

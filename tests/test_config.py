@@ -59,7 +59,7 @@ def test_to_yaml_round_trips(tmp_path):
     "sampling.tile_batch=0", "flow.raft_iters=0", "flow.occlusion_alpha=-0.1", "flow.occlusion_beta=inf",
     "decode.cfw_weight=nan", "decode.tile_size=100", "decode.tile_size=0", "decode.tile_stride=0",
     "decode.tile_stride=257", "chunk.frames=0", "chunk.overlap=5", "chunk.anchor_strength=1.5", "infer.scale=0",
-    "infer.min_short_side=-1", "infer.device=gpu", "infer.devices=0", "infer.crf=52",
+    "infer.min_short_side=-1", "infer.device=gpu", "infer.devices=0", "output.crf=52",
     # every choice is a typing.Literal
     "sampling.guidance_variant=corrected", "sampling.pixel_tiling=tiles", "sampling.flow_tile_crop=aligned",
     "flow.method=farneback", "flow.raft_input_range=half", "flow.precision=fp16", "flow.resolution=hr",

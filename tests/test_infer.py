@@ -4,8 +4,10 @@ import os
 import subprocess
 import sys
 from dataclasses import replace
+from fractions import Fraction
 
 import av
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -175,7 +177,92 @@ def test_cli_help_lists_every_flag():
                          timeout=120, cwd=ROOT)
     assert out.returncode == 0
     for flag in ("--unet", "--vae", "--steps", "--guidance-scale", "--flow", "--color-fix", "--dec-w",
-                 "--tile-size", "--chunk-frames", "--seed", "--precision", "--device", "--devices"):
+                 "--tile-size", "--chunk-frames", "--seed", "--precision", "--device", "--devices", "--num-nodes",
+                 "--shard", "--output-format", "--fps", "--bit-depth", "--quantize", "--codec", "--crf",
+                 "--keep-going", "--allow-truncated", "--overwrite"):
         assert flag in out.stdout
 
 
+
+
+# --------------------------------------------------------------------------------------
+# Output formats (issue 9 item 7, issue 10 item 3)
+# --------------------------------------------------------------------------------------
+
+
+def _with(cfg, **sections):
+    return replace(cfg, **{name: replace(getattr(cfg, name), **values) for name, values in sections.items()})
+
+
+def _decoded(path, fmt="rgb24"):
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format=fmt) for f in container.decode(video=0)]
+
+
+def test_frames_to_lossless_video_holds_exactly_the_png_frames(tmp_path, cfg, pipe):
+    save_frames(tmp_path / "lr", NAMES)
+    run(cfg, tmp_path / "lr", tmp_path / "sr", pipe=pipe, progress=False)
+    ffv1 = _with(cfg, output={"codec": "ffv1", "fps": 12.5})
+    run(ffv1, tmp_path / "lr", tmp_path / "sr.mkv", pipe=pipe, progress=False)
+    pngs = [np.asarray(Image.open(tmp_path / "sr" / n)) for n in NAMES]  # natural order = frame order
+    decoded = _decoded(tmp_path / "sr.mkv")
+    assert len(decoded) == 6 and all(np.array_equal(a, b) for a, b in zip(decoded, pngs))
+    _, stream, _ = read_video(tmp_path / "sr.mkv")
+    assert stream.average_rate == Fraction(25, 2) and stream.codec_context.name == "ffv1"
+
+
+def test_folder_of_videos_to_folder_of_videos(tmp_path, cfg, pipe):
+    (tmp_path / "in").mkdir()
+    make_video(tmp_path / "in" / "b.mp4", 3, audio="aac")
+    make_video(tmp_path / "in" / "a.mov", 4, rate=Fraction(30))
+    save_frames(tmp_path / "in" / "c", NAMES[:2])
+    cfg_video = _with(cfg, output={"format": "video", "fps": 10.0})
+    run(cfg_video, tmp_path / "in", tmp_path / "out", pipe=pipe, progress=False)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == [
+        "a.mp4", "b.mp4", "c.mp4"]
+    rates = {}
+    for name in ("a", "b", "c"):
+        frames, stream, kinds = read_video(tmp_path / "out" / f"{name}.mp4")
+        rates[name] = (len(frames), stream.average_rate, kinds)
+    assert rates == {"a": (4, 30, ["video"]), "b": (3, 25, ["video", "audio"]), "c": (2, 10, ["video"])}
+
+
+def test_sixteen_bit_png_and_rounding(tmp_path, cfg, pipe):
+    save_frames(tmp_path / "lr", NAMES[:2])
+    run(cfg, tmp_path / "lr", tmp_path / "t8", pipe=pipe, progress=False)
+    run(_with(cfg, output={"quantize": "round"}), tmp_path / "lr", tmp_path / "r8", pipe=pipe, progress=False)
+    run(_with(cfg, output={"bit_depth": 16}), tmp_path / "lr", tmp_path / "t16", pipe=pipe, progress=False)
+    t8, r8 = (np.asarray(Image.open(tmp_path / d / NAMES[0])).astype(int) for d in ("t8", "r8"))
+    t16 = cv2.imread(str(tmp_path / "t16" / NAMES[0]), cv2.IMREAD_UNCHANGED)[..., ::-1].astype(int)
+    assert cv2.imread(str(tmp_path / "t16" / NAMES[0]), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+    assert set(np.unique(r8 - t8)) <= {0, 1} and (r8 != t8).mean() > 0.3  # rounding lifts about half the values
+    # trunc(257 y) // 257 == trunc(y) for y = 255 x (up to float32 rounding at a level boundary)
+    assert np.abs(t16 // 257 - t8).max() <= 1 and (t16 // 257 == t8).mean() > 0.999
+    assert (t16 % 257 != 0).mean() > 0.5  # values between the 8-bit levels: real 16-bit output
+    # bit_depth null (--bit-depth auto): as deep as the input
+    (tmp_path / "lr16").mkdir()
+    for name in NAMES[:2]:
+        cv2.imwrite(str(tmp_path / "lr16" / name), cv2.imread(str(tmp_path / "lr" / name)).astype(np.uint16) * 257)
+    auto = _with(cfg, output={"bit_depth": None})
+    for source, bits in (("lr", np.uint8), ("lr16", np.uint16)):
+        run(auto, tmp_path / source, tmp_path / f"auto_{source}", pipe=pipe, progress=False)
+        assert cv2.imread(str(tmp_path / f"auto_{source}" / NAMES[0]), cv2.IMREAD_UNCHANGED).dtype == bits
+
+
+def test_vfr_video_keeps_its_timestamps_audio_and_rotation(tmp_path, cfg, pipe):
+    from test_video_io import _write_clip
+
+    src = tmp_path / "vfr.mp4"
+    pts = [0, 40, 80, 200, 240, 400, 440]
+    _write_clip(src, pts, rotation=-90, audio_seconds=0.48)
+    run(cfg, src, tmp_path / "out.mp4", pipe=pipe, progress=False)
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        decoded = list(container.decode(video=0))
+    assert [round(float(f.time) * 1000) for f in decoded] == pts  # VFR stays VFR (a constant rate: 0, 69, 137 ...)
+    assert decoded[0].rotation == -90 and decoded[0].width == 4 * W
+
+    def audio_times(path):
+        with av.open(str(path)) as container:
+            return [float(p.pts * p.time_base) for p in container.demux(audio=0) if p.pts is not None]
+
+    assert audio_times(tmp_path / "out.mp4") == pytest.approx(audio_times(src), abs=1e-4)  # in sync

@@ -136,15 +136,6 @@ def test_missing_weights_give_the_commands(tmp_path, monkeypatch):
         MGLDPipeline.from_config(cfg)
 
 
-def test_work_split_across_processes():
-    from mgld.pipeline.chunks import split_chunks, split_work
-
-    assert [split_work(list("abcde"), r, 2) for r in (0, 1)] == [list("ace"), list("bd")]
-    chunks = plan_chunks(23, 5, 0)
-    parts = [split_chunks(chunks, r, 3) for r in range(3)]
-    assert sum(parts, []) == chunks and all(parts)  # contiguous, complete, none empty
-
-
 def test_python_api_accepts_pil_and_numpy(pipe):
     import numpy as np
     from PIL import Image

@@ -108,7 +108,7 @@ def test_frame_folder_natural_order_and_values(tmp_path):
     names = ["10.png", "9.jpg", "2.png", "1.bmp"]
     frames = save_frames(tmp_path / "clip", names)
     (seq,) = discover_sequences(tmp_path / "clip")
-    assert (seq.name, seq.kind, seq.height, seq.width, seq.fps, seq.has_audio) == ("clip", "frames", H, W, None, False)
+    assert (seq.name, seq.kind, seq.height, seq.width, seq.rate, seq.has_audio) == ("clip", "frames", H, W, None, False)
     assert seq.frame_names == ["1.png", "2.png", "9.png", "10.png"]
     with seq.reader() as reader:
         x = reader.read(0, 4)
@@ -230,7 +230,7 @@ def test_video_read_in_overlapping_chunks(tmp_path, ext):
     frames = make_video(path, 13, audio="aac", rate=Fraction(30000, 1001))
     (seq,) = discover_sequences(path)
     assert (seq.kind, len(seq), seq.height, seq.width, seq.has_audio) == ("video", 13, H, W, True)
-    assert seq.rate == Fraction(30000, 1001) and seq.fps == pytest.approx(29.97, abs=1e-2)
+    assert seq.rate == Fraction(30000, 1001)
     assert seq.frame_names[:2] == ["00000000.png", "00000001.png"]
     with seq.reader() as reader:
         whole = reader.read(0, 13)
@@ -272,14 +272,17 @@ def test_output_checks(tmp_path):
     check_output_writable(tmp_path / "new" / "deeper" / "out.mp4")
     assert not (tmp_path / "new").exists()  # checking creates nothing
 
-    video = Sequence("v", tmp_path / "v.mp4", "video", ["0.png"], H, W, 25.0, False, rate=Fraction(25))
+    video = Sequence("v", tmp_path / "v.mp4", "video", ["0.png"], H, W, False, rate=Fraction(25))
     frames = Sequence("f", tmp_path / "f", "frames", ["0.png"], H, W)
     assert output_kind(tmp_path / "out.MKV", video) == "video"
+    assert output_kind(tmp_path / "out.mp4", frames) == "video"  # frames -> video (the runner asks for --fps)
     assert output_kind(tmp_path / "out", video) == "frames"
     assert output_kind(tmp_path / "out", [frames, frames]) == "frames"
-    for bad in (frames, [video, video]):
-        with pytest.raises(InputError):
-            output_kind(tmp_path / "out.mp4", bad)
+    assert output_kind(tmp_path / "out", [video, frames], "video") == "video"  # one video each, in a folder
+    with pytest.raises(InputError, match="cannot go to one video"):
+        output_kind(tmp_path / "out.mp4", [video, video])
+    with pytest.raises(InputError, match="needs a folder"):
+        output_kind(tmp_path / "out.mp4", video, "frames")
 
 
 def test_frame_writer_atomic_and_resumable(tmp_path):
@@ -293,7 +296,7 @@ def test_frame_writer_atomic_and_resumable(tmp_path):
         writer.write(0, frame)
         writer.write(1, smooth_frame(2))  # uint8 h w 3 also accepted
         assert writer.done(0) and writer.done(1) and not writer.done(2)
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]  # no temporary files left
+    assert sorted(p.name for p in out.iterdir()) == [".mgld", "a.png", "b.png"]  # no temporary files left
     assert np.array_equal(np.asarray(Image.open(out / "a.png")), smooth_frame(1))
     assert FrameWriter(out, names).done(1)
     assert not FrameWriter(out, names, overwrite=True).done(1)
@@ -322,7 +325,8 @@ def test_video_writer_rate_size_audio(tmp_path, audio, ext):
     assert (stream.codec_context.name, stream.width, stream.height) == ("h264", W, H)
     assert kinds == (["video", "audio"] if audio else ["video"])  # opus is re-encoded to AAC for .mov
     assert all(mean_abs(a, b) < CODEC_TOL * 255 for a, b in zip(decoded, frames))
-    assert sorted(p.name for p in out.parent.iterdir()) == [out.name]  # work folder and temporaries removed
+    assert sorted(p.name for p in out.parent.iterdir()) == [f".{out.name}.mgld.json", out.name]  # record; no work
+    # folder, no temporaries
 
 
 def test_video_writer_resumes_after_interruption(tmp_path):
@@ -348,7 +352,7 @@ def test_video_writer_resumes_after_interruption(tmp_path):
     decoded, stream, _ = read_video(out)
     assert len(decoded) == 10 and stream.average_rate == 25
     assert all(mean_abs(a, b) < CODEC_TOL * 255 for a, b in zip(decoded, frames))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.mp4.mgld.json", "out.mp4"]
     assert VideoWriter(out, 25, W, H).done(9)  # a finished output is complete
     assert not VideoWriter(out, 25, W, H, overwrite=True).done(0)
 
@@ -385,3 +389,171 @@ def test_sample_clip_matches_its_recipe():
         stored = (reader.read(0, len(seq)) * 255).round().byte().permute(0, 2, 3, 1).numpy()
     remade = np.stack(recipe.make_frames(skimage_data.astronaut()))
     assert np.abs(stored.astype(int) - remade).max() <= 1  # same recipe (a different libjpeg may round differently)
+
+
+# --------------------------------------------------------------------------------------
+# Quantisation, PNG checks, bit depth
+# --------------------------------------------------------------------------------------
+
+
+def test_quantize_truncates_like_the_authors_or_rounds():
+    from mgld.io.frames import quantize_frame
+
+    # x * 255 = 0.2, 0.5, 0.9, 254.5, 254.99, 255 (and out-of-range values clamped)
+    values = torch.tensor([0.2, 0.5, 0.9, 254.5, 254.99, 255.0, -3.0, 300.0]) / 255
+    frame = values.view(1, 1, 8).expand(3, 1, 8)
+    assert quantize_frame(frame)[0, :, 0].tolist() == [0, 0, 0, 254, 254, 255, 0, 255]  # (x*255).astype(uint8)
+    assert quantize_frame(frame, quantize="round")[0, :, 0].tolist() == [0, 0, 1, 254, 255, 255, 0, 255]  # half even
+    assert quantize_frame(frame, 16)[0, :, 0].tolist() == [51, 128, 231, 65406, 65532, 65535, 0, 65535]  # x 257
+    exact = torch.arange(256).float().div(255).view(1, 1, 256).expand(3, 1, 256)
+    assert quantize_frame(exact)[0, :, 0].tolist() == list(range(256))  # v/255 survives truncation exactly
+    u8 = smooth_frame(0)
+    assert quantize_frame(u8) is not None and np.array_equal(quantize_frame(u8), u8)
+    assert np.array_equal(quantize_frame(u8, 16), u8.astype(np.uint16) * 257)
+    with pytest.raises(ValueError, match="expected a float 3 h w"):
+        quantize_frame(np.zeros((4, 4), np.float32))
+
+
+def test_png_problem_names_truncation_damage_and_size(tmp_path):
+    from mgld.io.frames import encode_png, png_problem
+
+    data = encode_png(smooth_frame(0))
+    path = tmp_path / "f.png"
+    path.write_bytes(data)
+    assert png_problem(path, len(data), (H, W, 8)) is None
+    assert "expected 20x10 8-bit" in png_problem(path, len(data), (10, 20, 8))
+    path.write_bytes(data[: len(data) // 2])
+    assert "bytes where" in png_problem(path, len(data)) and "truncated" in png_problem(path)
+    damaged = bytearray(data)
+    damaged[60] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    assert "bad CRC" in png_problem(path, len(data))
+
+
+def test_frame_writer_sixteen_bit_and_record_checks(tmp_path):
+    frame = torch.from_numpy(smooth_frame(1)).permute(2, 0, 1) / 255
+    with FrameWriter(tmp_path / "o", ["a.png", "b.png"], bit_depth=16, size=(H, W)) as writer:
+        writer.write(0, frame)
+        writer.write(1, frame)
+    stored = cv2.imread(str(tmp_path / "o" / "a.png"), cv2.IMREAD_UNCHANGED)
+    assert stored.dtype == np.uint16 and np.array_equal(stored[..., ::-1], smooth_frame(1).astype(np.uint16) * 257)
+    again = FrameWriter(tmp_path / "o", ["a.png", "b.png"], bit_depth=16, size=(H, W))
+    assert again.done(0) and again.done(1)
+    (tmp_path / "o" / "b.png").write_bytes((tmp_path / "o" / "b.png").read_bytes()[:100])  # cut after the run
+    assert not FrameWriter(tmp_path / "o", ["a.png", "b.png"], bit_depth=16, size=(H, W)).done(1)
+    assert not FrameWriter(tmp_path / "o", ["a.png", "b.png"], bit_depth=8, size=(H, W)).done(0)  # other run
+
+
+def test_writer_that_writes_nothing_leaves_nothing(tmp_path):
+    with FrameWriter(tmp_path / "a" / "b", ["x.png"]) as writer:
+        assert not writer.done(0)
+    writer = VideoWriter(tmp_path / "v" / "out.mp4", 25, W, H, num_frames=3)
+    writer.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------
+# Damaged videos, timing, rotation, codecs, reproducible bytes
+# --------------------------------------------------------------------------------------
+
+
+def _write_clip(path: Path, pts: list[int], time_base=Fraction(1, 1000), rotation=None, fmt_options=None,
+                audio_seconds: float = 0):
+    """An H.264 clip of smooth frames at the given presentation times (ms; variable frame rates), optionally
+    rotated, with an AAC sine track of ``audio_seconds``."""
+    with av.open(str(path), "w", options=fmt_options or {}) as container:
+        stream = container.add_stream("libx264", rate=25, options={"crf": "12"})
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        stream.time_base = stream.codec_context.time_base = time_base
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        audio = container.add_stream("aac", rate=48000, layout="mono") if audio_seconds else None
+        for i, t in enumerate(pts):
+            frame = av.VideoFrame.from_ndarray(smooth_frame(i), format="rgb24")
+            frame.pts, frame.time_base = t, time_base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+        if audio is not None:
+            _write_sine(container, audio, audio_seconds)
+
+
+def test_truncated_faststart_mp4_is_caught_with_both_counts(tmp_path):
+    from mgld.io.video_reader import probe_video
+
+    full = tmp_path / "full.mp4"
+    _write_clip(full, [40 * i for i in range(30)], fmt_options={"movflags": "+faststart"})  # index (moov) first
+    with av.open(str(full)) as c:
+        assert c.streams.video[0].frames == 30
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size * 2 // 3])
+    with pytest.raises(InputError) as err:
+        discover_sequences(cut)
+    assert str(cut) in str(err.value) and "of the 30 frames" in str(err.value) and "--allow-truncated" in str(err.value)
+    info = probe_video(cut, allow_truncated=True)
+    assert 0 < info.num_frames < 30
+    (seq,) = discover_sequences(cut, allow_truncated=True)
+    with seq.reader() as reader:
+        assert reader.read(0, len(seq)).shape[0] == info.num_frames  # every decodable frame reads
+
+
+def test_vfr_timing_and_rotation_are_kept(tmp_path):
+    src = tmp_path / "vfr.mp4"
+    pts = [0, 40, 80, 200, 240, 400, 440, 480]  # ms: three different frame durations
+    _write_clip(src, pts, rotation=90)
+    (seq,) = discover_sequences(src)
+    tb = seq.time_base
+    assert [float(p * tb) for p in seq.pts] == pytest.approx([p / 1000 for p in pts])
+    out = tmp_path / "out.mp4"
+    writer = VideoWriter(out, seq.rate, W, H, pts=seq.pts, time_base=tb, display_matrix=seq.display_matrix,
+                         segments=[(0, 3), (3, 8)])
+    _write_all(writer, [smooth_frame(i) for i in range(8)])
+    with av.open(str(out)) as container:
+        decoded = list(container.decode(video=0))
+    assert [round(float(f.time) * 1000) for f in decoded] == pts
+    assert decoded[0].rotation == 90
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_ffv1_is_lossless_and_h264_ten_bit(tmp_path, bits):
+    dtype = np.uint8 if bits == 8 else np.uint16
+    frames = [smooth_frame(i).astype(dtype) * (1 if bits == 8 else 257) + (i if bits == 16 else 0)
+              for i in range(5)]
+    out = tmp_path / "lossless.mkv"
+    with VideoWriter(out, 25, W, H, codec="ffv1", bit_depth=bits, num_frames=5, segment_frames=2) as writer:
+        for i, frame in enumerate(frames):
+            writer.write(i, frame)  # integer frames, stored as they are
+    with av.open(str(out)) as container:
+        fmt = "rgb24" if bits == 8 else "rgb48le"
+        decoded = [f.to_ndarray(format=fmt) for f in container.decode(video=0)]
+    assert all(np.array_equal(a, b) for a, b in zip(decoded, frames)) and len(decoded) == 5
+    with pytest.raises(InputError, match="needs a .mkv"):
+        VideoWriter(tmp_path / "x.mp4", 25, W, H, codec="ffv1")
+    if bits == 16:
+        ten = tmp_path / "ten.mp4"
+        with VideoWriter(ten, 25, W, H, bit_depth=16, num_frames=5) as writer:
+            for i, frame in enumerate(frames):
+                writer.write(i, frame)
+        with av.open(str(ten)) as container:
+            frame = next(container.decode(video=0))
+        assert frame.format.name == "yuv420p10le"
+        assert mean_abs(frame.to_ndarray(format="rgb48le"), frames[0]) < CODEC_TOL * 65535
+
+
+def test_same_frames_give_the_same_bytes_in_another_process_and_in_segments(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = ("import sys, numpy as np; sys.path.insert(0, 'tests'); from test_video_io import *; "
+            "w = VideoWriter(sys.argv[1], 25, 160, 96, num_frames=12, segment_frames=5); "
+            "[w.write(i, smooth_frame(i, 96, 160)) for i in range(12)]; w.close()")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.mp4")], check=True, cwd=ROOT, timeout=300)
+    frames = [smooth_frame(i, 96, 160) for i in range(12)]
+    # this process, and segments written by separate writers (as several processes do), out of order
+    for k in (2, 0, 1):
+        writer = VideoWriter(tmp_path / "b.mp4", 25, 160, 96, num_frames=12, segment_frames=5)
+        for i in range(5 * k, min(5 * k + 5, 12)):
+            writer.write(i, frames[i])
+        writer.close()
+    assert (tmp_path / "a.mp4").read_bytes() == (tmp_path / "b.mp4").read_bytes()

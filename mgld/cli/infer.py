@@ -1,14 +1,41 @@
 #!/usr/bin/env python
 """Upscale real low-resolution videos 4x with MGLD-VSR (motion-guided latent diffusion).
 
-INPUT is a folder of frames, a folder of sequence folders (REDS4 / VideoLQ / UDM10 layout), or a video file
-(mp4/mkv/mov/avi/webm). OUTPUT is a folder (PNG frames with the input names; one subfolder per sequence), or,
-for a video input, a video file (H.264, the input's frame rate and audio) when it ends in a video extension.
-Re-running a command after an interruption resumes it (finished frames are kept); --overwrite redoes them.
+INPUT is a folder of frames, a folder of sequences (frame folders and/or videos: the REDS4 / VideoLQ / UDM10
+layout), or a video file (mp4/mkv/mov/avi/webm). Every input is checked before any model is built: a frame that
+does not decode, or a video that decodes to fewer frames than its container declares, stops the run
+(--allow-truncated processes what decodes; --keep-going skips a broken sequence and reports it at the end).
+
+OUTPUT (never the input or inside it):
+  * a folder: PNG frames named as the inputs (one subfolder per sequence); 8-bit, or 16-bit with --bit-depth 16;
+  * a video file (.mp4/.mkv/.mov) for one input sequence: H.264 (--crf), or lossless RGB FFV1 (--codec ffv1,
+    .mkv); a video input keeps its timestamps (variable frame rates too), audio and rotation; frames need --fps;
+  * --output-format video with a folder: one video per sequence (name.mp4, or name.mkv for FFV1), e.g. a
+    folder of videos to a folder of videos.
+Videos are byte-reproducible (the same frames give the same file on any machine) unless
+output.reproducible=false (multi-threaded x264, faster).
+
+Resume: re-running the same command continues an interrupted run. Each output records the run that made it
+(input content, the settings that change pixels, mgld version; OUTPUT/.mgld/ and .NAME.mgld.json); a frame or
+video counts as done only if its record matches and the file is intact, results of other settings are redone,
+and an output folder holding results of another input (or files nobody recorded) stops the run: --overwrite
+replaces them.
+
+Several processes: --devices N (GPUs, or CPU processes with --device cpu) and --num-nodes M run N x M
+processes through Lightning Fabric; --shard i/n does the i-th of n parts of the work (a cluster's job array;
+run all n, each with the same command). The work (every sequence's chunks, in order) is cut into contiguous
+ranges, a video at its segment boundaries; with independent chunks (the default) the result is the one of a
+single process (CPU: with the same number of threads per process, e.g. OMP_NUM_THREADS=1). With
+--chunk-overlap each range starts its own anchor chain: frames at range boundaries are not cross-faded.
 
     # the released weights (get them first: mgld download)
     mgld infer --input data/VideoLQ/000 --output results/000
     mgld infer --input clip.mp4 --output clip_x4.mp4 --chunk-overlap 2
+    mgld infer --input data/VideoLQ --output results/videos --output-format video --fps 25
+    mgld infer --input clip.mp4 --output clip_x4.mkv --codec ffv1 --bit-depth 16
+    mgld infer --input data/REDS4 --output results/REDS4 --devices 4                 # 4 GPUs
+    mgld infer --config tiny --input sample --output /tmp/sr --devices 2 --device cpu  # 2 CPU processes
+    sbatch --array=0-7 --wrap 'mgld infer --input in --output out --shard $SLURM_ARRAY_TASK_ID/8'
     # tiny random networks: exercises the whole pipeline on a CPU in seconds
     mgld infer --config tiny --input sample --output /tmp/sample_sr   # 'sample': the bundled LR clip
 
@@ -32,7 +59,9 @@ FLAG_KEYS = {
     "latent_tile_size": "sampling.latent_tile_size", "latent_tile_overlap": "sampling.latent_tile_overlap",
     "decode_tile_size": "decode.tile_size", "chunk_frames": "chunk.frames",
     "chunk_overlap": "chunk.overlap", "seed": "sampling.seed", "precision": "infer.precision",
-    "device": "infer.device", "devices": "infer.devices", "crf": "infer.crf",
+    "device": "infer.device", "devices": "infer.devices", "num_nodes": "infer.num_nodes", "crf": "output.crf",
+    "output_format": "output.format", "fps": "output.fps", "bit_depth": "output.bit_depth",
+    "quantize": "output.quantize", "codec": "output.codec",
 }
 
 
@@ -69,13 +98,48 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="noise seed (default 42)")
     p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], help="fp16/bf16 need CUDA (default auto)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--devices", type=int, help="number of GPUs, one process each (default 1)")
-    p.add_argument("--crf", type=int, help="H.264 quality for video outputs (default 18)")
-    p.add_argument("--overwrite", action="store_true", help="redo outputs already on disk instead of resuming")
+    p.add_argument("--devices", type=int,
+                   help="processes per node, one per GPU, or CPU processes with --device cpu (default 1)")
+    p.add_argument("--num-nodes", type=int, help="machines of a multi-node run (Lightning Fabric; default 1)")
+    p.add_argument("--shard", type=_shard, metavar="I/N",
+                   help="do part I of N (0-based) of the work: for N independent jobs (a job array)")
+    p.add_argument("--output-format", choices=["auto", "frames", "video"],
+                   help="auto: by the output path (video extension: a video); video with a folder: one video per "
+                        "sequence (default auto)")
+    p.add_argument("--fps", type=float, help="frame rate of a video made from frames")
+    p.add_argument("--bit-depth", type=_bit_depth, metavar="{8,16,auto}",
+                   help="8; 16 (16-bit PNG, 10-bit H.264, 16-bit FFV1); auto: 16 when the input is deeper (default 8)")
+    p.add_argument("--quantize", choices=["truncate", "round"],
+                   help="float -> integer: truncate (the authors' (x*255).astype(uint8), default) or round")
+    p.add_argument("--codec", choices=["h264", "ffv1"], help="video codec: h264 (lossy, --crf) or ffv1 (lossless "
+                                                              "RGB, .mkv) (default h264)")
+    p.add_argument("--crf", type=int, help="H.264 quality, 0-51, lower is better (default 18)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo outputs already on disk (also those of another input) instead of resuming")
+    p.add_argument("--keep-going", action="store_true",
+                   help="skip a sequence with bad input, report it at the end (exit status 1)")
+    p.add_argument("--allow-truncated", action="store_true",
+                   help="process the decodable frames of a video that is shorter than its container declares")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. sampling.tile_batch=4")
     return p
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected I/N, e.g. 0/4") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 <= I < N (I is 0-based)")
+    return i, n
+
+
+def _bit_depth(text: str) -> str:
+    if text not in ("8", "16", "auto"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 8, 16 or auto")
+    return "null" if text == "auto" else text
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -104,11 +168,17 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(to_yaml(cfg))
         return 0
     try:
-        summary = run(cfg, args.input, args.output, progress=not args.quiet)
+        summary = run(cfg, args.input, args.output, progress=not args.quiet, keep_going=args.keep_going,
+                      allow_truncated=args.allow_truncated, shard=args.shard or (0, 1))
     except (InputError, FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     logging.info("done: %d sequence(s), %d frames written, %d already present", summary.sequences,
                  summary.frames_written, summary.frames_skipped)
+    for name, message in summary.failed:
+        print(f"error: {name} skipped: {message}", file=sys.stderr)
+    if summary.failed:
+        print(f"error: {len(summary.failed)} sequence(s) failed and were skipped (--keep-going)", file=sys.stderr)
+        return 1
     return 0
 

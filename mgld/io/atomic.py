@@ -8,6 +8,7 @@ A reader never sees a half-written output, and an interrupted run leaves at most
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -32,8 +33,16 @@ def atomic_write(path: str | Path, data: bytes | str | Callable[[str], None]) ->
     return path
 
 
-def remove_temporaries(folder: str | Path) -> None:
-    """Remove temporary files left in ``folder`` by an interrupted run."""
+def remove_temporaries(folder: str | Path, min_age_s: float = 0.0) -> None:
+    """Remove temporary files left in ``folder`` by an interrupted run.
+
+    ``min_age_s`` spares younger ones: other processes that write into the same folder without a common start
+    (``--shard`` jobs) may be writing them right now.
+    """
+    now = time.time()
     for tmp in Path(folder).glob(f"*{TEMP_SUFFIX}"):
-        if tmp.is_file():
-            tmp.unlink(missing_ok=True)
+        try:
+            if tmp.is_file() and now - tmp.stat().st_mtime >= min_age_s:
+                tmp.unlink(missing_ok=True)
+        except OSError:
+            continue

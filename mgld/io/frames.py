@@ -10,26 +10,33 @@ orientation is ignored (frames are processed as stored, like the authors' PIL lo
 
 :class:`FrameReader` is the streaming interface shared with videos
 (``mgld.io.sequences``): ``read(start, stop)`` returns ``t 3 h w`` float32 and keeps
-only the frames of the current chunk. :class:`FrameWriter` writes a sequence folder
-of PNGs, each one atomically (temporary file, then rename), so a frame that exists is
-complete and an interrupted run can resume with :meth:`FrameWriter.done`.
+only the frames of the current chunk. :func:`quantize_frame` is the one float -> uint8/uint16
+converter (the authors' truncation by default). :class:`FrameWriter` writes a sequence folder
+of PNGs, each one atomically (temporary file, then rename), and records each finished frame
+(:mod:`mgld.io.manifest`), so a resumed run trusts only intact frames of the same run.
 
 Shapes: arrays are ``h w 3`` (RGB); tensors are ``t 3 h w`` (read) or ``3 h w`` (write).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tempfile
+import zlib
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
 import torch
 from PIL import Image
 
-from mgld.io.atomic import atomic_write, remove_temporaries
+from mgld.io.atomic import TEMP_SUFFIX, atomic_write, remove_temporaries
+from mgld.io.manifest import RECORD_DIR, FrameRecords, RunRecord
+
+logger = logging.getLogger(__name__)
 
 # The bundled 8-frame LR clip (``mgld infer --input sample``; recipe in its README).
 SAMPLE_CLIP = Path(__file__).resolve().parents[1] / "assets" / "sample_lr"
@@ -41,6 +48,11 @@ _JPEG_END = b"\xff\xd9"
 
 class InputError(ValueError):
     """Bad input or output location; the message names the file or folder and the problem."""
+
+
+class OutputError(InputError):
+    """An output cannot be written (disk full, permissions); the message names the file. Not skipped by
+    ``--keep-going``: the next sequence would fail the same way."""
 
 
 def natural_key(name: str) -> tuple:
@@ -205,64 +217,180 @@ def ensure_writable(path: Path) -> None:
         raise InputError(f"{path}: cannot write output, the file is read-only")
 
 
-def frame_to_uint8(frame: torch.Tensor | np.ndarray) -> np.ndarray:
-    """A frame as ``h w 3`` uint8 RGB.
+def quantize_frame(frame: torch.Tensor | np.ndarray, bit_depth: int = 8,
+                   quantize: Literal["truncate", "round"] = "truncate") -> np.ndarray:
+    """A frame as ``h w 3`` RGB ``uint8`` (``bit_depth`` 8) or ``uint16`` (16): the project's one converter.
 
-    Accepts float ``3 h w`` in [0, 1] (tensor or array; clamped and rounded) or uint8 ``h w 3``.
+    Float ``3 h w`` in [0, 1] (tensor or array) is clamped, multiplied by 255 (65535) in float32 and
+    ``truncate``-d (the authors' ``(x·255).astype(uint8)``) or ``round``-ed (half to even). Integer ``h w 3``
+    frames pass through when they already have the type asked for; uint8 -> 16 bits is exact (``v·257``).
     """
+    if bit_depth not in (8, 16):
+        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
+    if quantize not in ("truncate", "round"):
+        raise ValueError(f"quantize must be 'truncate' or 'round', got {quantize!r}")
+    dtype, peak = (np.uint8, 255) if bit_depth == 8 else (np.uint16, 65535)
     if isinstance(frame, torch.Tensor):
-        if frame.dtype == torch.uint8:
-            frame = frame.cpu().numpy()
-        else:
-            frame = frame.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
-    elif frame.dtype != np.uint8:
-        frame = np.clip(np.asarray(frame, np.float32), 0, 1).transpose(1, 2, 0) * 255
-        frame = np.rint(frame).astype(np.uint8)
-    if frame.ndim != 3 or frame.shape[2] != 3:
-        raise ValueError(f"expected a float 3 h w or uint8 h w 3 frame, got shape {tuple(frame.shape)}")
-    return np.ascontiguousarray(frame)
+        frame = frame.detach().cpu()
+        frame = frame.numpy() if frame.dtype in (torch.uint8, torch.int16, torch.int32) else frame.float().numpy()
+    frame = np.asarray(frame)
+    if frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3:
+        out = frame if bit_depth == 8 else frame.astype(np.uint16) * 257
+    elif frame.dtype == np.uint16 and frame.ndim == 3 and frame.shape[2] == 3 and bit_depth == 16:
+        out = frame
+    elif np.issubdtype(frame.dtype, np.floating) and frame.ndim == 3 and frame.shape[0] == 3:
+        scaled = np.clip(frame.astype(np.float32, copy=False), 0, 1).transpose(1, 2, 0) * np.float32(peak)
+        out = (np.rint(scaled) if quantize == "round" else scaled).astype(dtype)
+    else:
+        raise ValueError(f"expected a float 3 h w frame in [0, 1] or an integer h w 3 frame, got {frame.dtype} "
+                         f"of shape {tuple(frame.shape)}")
+    return np.ascontiguousarray(out)
+
+
+def encode_png(frame: np.ndarray) -> bytes:
+    """PNG bytes of an ``h w 3`` RGB uint8/uint16 array (8 or 16 bits per sample)."""
+    ok, png = cv2.imencode(".png", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return png.tobytes()
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_problem(path: Path, size: int | None = None, shape: tuple[int, int, int] | None = None) -> str | None:
+    """Why ``path`` is not a complete PNG (of ``size`` bytes and ``(height, width, bits)``), or None if it is.
+
+    Checks the signature, every chunk's CRC, the header and the end chunk; reads the file, decodes nothing.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        return f"unreadable ({e.strerror})"
+    if size is not None and len(data) != size:
+        return f"{len(data)} bytes where {size} were written (truncated or replaced)"
+    if data[:8] != _PNG_SIGNATURE:
+        return "not a PNG file"
+    pos, header = 8, None
+    while pos + 12 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind, end = data[pos + 4:pos + 8], pos + 12 + length
+        if end > len(data):
+            break
+        if zlib.crc32(data[pos + 4:pos + 8 + length]) != int.from_bytes(data[end - 4:end], "big"):
+            return f"damaged (bad CRC in its {kind.decode('latin-1')} chunk)"
+        if kind == b"IHDR":
+            header = (int.from_bytes(data[pos + 12:pos + 16], "big"), int.from_bytes(data[pos + 8:pos + 12], "big"),
+                      data[pos + 16])  # (height, width, bits per sample)
+        if kind == b"IEND":
+            if header is None:
+                return "no header chunk"
+            if shape is not None and header != tuple(shape):
+                return (f"holds a {header[1]}x{header[0]} {header[2]}-bit image, "
+                        f"expected {shape[1]}x{shape[0]} {shape[2]}-bit")
+            return None
+        pos = end
+    return "truncated (no end chunk)"
 
 
 class FrameWriter:
-    """One sequence folder of 8-bit RGB PNGs, written atomically; resumable.
+    """One sequence folder of RGB PNGs (8 or 16 bits), each written atomically, with run records; resumable.
 
-    ``done(i)`` is true when frame ``i`` is already on disk (from an earlier run, unless
-    ``overwrite``) or was written by this writer. Temporary files of an interrupted
-    run are removed when the writer opens the folder.
+    ``done(i)`` is true when frame ``i`` was written by this writer, or an earlier run of the same
+    :class:`~mgld.io.manifest.RunRecord` recorded it and the file is intact (its recorded size, every PNG chunk's
+    CRC, the expected size and depth; else it is redone, with a warning). ``record`` defaults to an anonymous
+    record, so writers without one resume among themselves. The folder (and its missing parents) is created on
+    the first write; a writer closed without having written anything removes the folders it created. Temporary
+    files of an interrupted run are removed when the writer opens an existing folder (``clean``; the runner
+    does it itself before several processes start writing). A write that fails (disk full) raises
+    :class:`OutputError` naming the file.
     """
 
-    def __init__(self, folder: str | Path, frame_names: list[str], overwrite: bool = False):
+    def __init__(self, folder: str | Path, frame_names: list[str], overwrite: bool = False, *, record=None,
+                 bit_depth: int = 8, quantize: Literal["truncate", "round"] = "truncate",
+                 size: tuple[int, int] | None = None, clean: bool = True):
         self.folder = Path(folder)
         self.frame_names = list(frame_names)
         self.overwrite = overwrite
+        self.bit_depth, self.quantize, self.size = bit_depth, quantize, size
         ensure_writable(self.folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        remove_temporaries(self.folder)
+        if record is None:
+            from mgld import __version__
+
+            record = RunRecord("", [], {"bit_depth": bit_depth, "quantize": quantize}, __version__)
+        self.records = FrameRecords(self.folder, record, self.frame_names, overwrite)
+        if clean and self.folder.is_dir():
+            remove_temporaries(self.folder)
         self._written: set[int] = set()
+        self._checked: dict[int, bool] = {}
+        self._created: list[Path] = []
 
     def path(self, index: int) -> Path:
         return self.folder / self.frame_names[index]
 
+    def check(self) -> str | None:
+        """May this folder receive the outputs? :func:`mgld.io.manifest.check_existing` (read-only)."""
+        return self.records.check()
+
     def done(self, index: int) -> bool:
-        """Frame ``index`` is complete on disk (atomic writes: existing means complete)."""
+        """Frame ``index`` is finished: written by this writer, or recorded by this run and intact on disk."""
         if index in self._written:
             return True
-        path = self.path(index)
-        return not self.overwrite and path.is_file() and path.stat().st_size > 0
+        if index not in self._checked:
+            size = self.records.recorded(self.frame_names[index])
+            ok = size is not None and self.path(index).is_file()
+            if ok:
+                shape = None if self.size is None else (*self.size, self.bit_depth)
+                problem = png_problem(self.path(index), size, shape)
+                if problem:
+                    logger.warning("%s: %s; it is redone", self.path(index), problem)
+                ok = problem is None
+            self._checked[index] = ok
+        return self._checked[index]
 
     def write(self, index: int, frame: torch.Tensor | np.ndarray) -> None:
-        """Write frame ``index``: float ``3 h w`` in [0, 1] or uint8 ``h w 3`` (RGB)."""
-        ok, png = cv2.imencode(".png", cv2.cvtColor(frame_to_uint8(frame), cv2.COLOR_RGB2BGR))
-        if not ok:
-            raise OSError(f"{self.path(index)}: PNG encoding failed")
-        atomic_write(self.path(index), png.tobytes())
+        """Write frame ``index``: float ``3 h w`` in [0, 1] or integer ``h w 3`` (RGB)."""
+        png = encode_png(quantize_frame(frame, self.bit_depth, self.quantize))
+        path = self.path(index)
+        if not self._created and not self.folder.is_dir():
+            missing = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
+            self._created = missing  # innermost first
+        try:
+            atomic_write(path, png)
+            self.records.add(self.frame_names[index], len(png))
+        except OSError as e:
+            raise OutputError(f"{path}: cannot write the output ({e.strerror or e}); frames already finished are "
+                             "kept: free space (or fix the folder) and rerun the same command to resume") from e
         self._written.add(index)
+        self._checked[index] = True
 
     def close(self) -> None:
-        pass
+        try:
+            self.records.close()
+        except OSError as e:
+            logger.warning("%s: could not update the run records (%s)", self.folder, e)
+        if not self._written:
+            remove_created(self._created)
 
     def __enter__(self) -> FrameWriter:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def remove_created(folders: list[Path]) -> None:
+    """Remove ``folders`` (innermost first) that this run created, where they hold nothing else."""
+    for folder in folders:
+        try:
+            for leftover in folder.glob(".*"):
+                if leftover.is_file() and leftover.name.endswith(TEMP_SUFFIX):
+                    leftover.unlink()
+            records = folder / RECORD_DIR
+            if records.is_dir() and not any(records.glob("journal-*")):
+                for f in records.iterdir():
+                    f.unlink()
+                records.rmdir()
+            folder.rmdir()
+        except OSError:
+            return  # not empty (or gone): stop at the first folder that holds something

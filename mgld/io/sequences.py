@@ -9,10 +9,11 @@ Readers (:meth:`Sequence.reader`) stream frames as float32 ``t 3 h w`` RGB in [0
 A video is decoded forward once, keeping only the frames of the current chunk; a
 backward request reopens the file and decodes again from the start.
 
-Writers are resumable and atomic: :class:`FrameWriter` (a PNG folder, ``mgld.io.frames``)
-and :class:`VideoWriter` (H.264 with the source's audio, ``mgld.io.video_writer``);
-:func:`output_kind` picks one from the output path. This module is the entry point of
-the input/output layer and re-exports both.
+Writers are resumable, atomic and keep run records (``mgld.io.manifest``): :class:`FrameWriter`
+(a PNG folder, ``mgld.io.frames``) and :class:`VideoWriter` (H.264/FFV1 with the source's timing,
+audio and rotation, ``mgld.io.video_writer``); :func:`output_kind` and :func:`output_targets`
+decide what goes where, :func:`check_outputs_outside_inputs` refuses an output inside the input.
+This module is the entry point of the input/output layer and re-exports both writers.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+
 from mgld.io.frames import (
     IMAGE_EXTENSIONS,
     FrameReader,
@@ -32,6 +35,7 @@ from mgld.io.frames import (
     ensure_writable,
     natural_key,
     probe_image,
+    read_image,
 )
 from mgld.io.video_reader import VideoReader, probe_video
 from mgld.io.video_writer import VIDEO_OUTPUT_EXTENSIONS, VideoWriter, check_video_output
@@ -39,7 +43,7 @@ from mgld.io.video_writer import VIDEO_OUTPUT_EXTENSIONS, VideoWriter, check_vid
 __all__ = [
     "IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "VIDEO_OUTPUT_EXTENSIONS", "InputError", "Sequence", "FrameReader",
     "VideoReader", "FrameWriter", "VideoWriter", "discover_sequences", "check_output_writable", "output_kind",
-    "natural_key",
+    "output_targets", "check_outputs_outside_inputs", "natural_key",
 ]
 
 logger = logging.getLogger(__name__)
@@ -59,8 +63,10 @@ class Sequence:
     """One input sequence: a frame folder or a video file.
 
     ``frame_names`` are the output file names: the input names as ``.png`` for frames,
-    ``f"{i:08d}.png"`` for a video. ``fps``/``rate`` (float / exact average frame rate)
-    are set for videos only; ``files`` lists the image files of a frame sequence.
+    ``f"{i:08d}.png"`` for a video. ``rate`` (the exact average frame rate),
+    ``time_base``/``pts`` (every frame's presentation time) and ``display_matrix`` (rotation)
+    are set for videos only; ``files`` lists the image files of a frame sequence;
+    ``bit_depth`` is 16 for samples deeper than 8 bits.
     """
 
     name: str
@@ -69,10 +75,17 @@ class Sequence:
     frame_names: list[str]
     height: int
     width: int
-    fps: float | None = None
     has_audio: bool = False
     rate: Fraction | None = None
     files: list[Path] = field(default_factory=list)
+    time_base: Fraction | None = None
+    pts: list[int] | None = None
+    bit_depth: int = 8
+    display_matrix: list[int] | None = None
+
+    def input_files(self) -> list[Path]:
+        """The files whose content makes this sequence (its identity in run records)."""
+        return list(self.files) if self.kind == "frames" else [self.source]
 
     def __len__(self) -> int:
         return len(self.frame_names)
@@ -84,15 +97,20 @@ class Sequence:
         return VideoReader(self.source, len(self), self.height, self.width)
 
 
-def discover_sequences(path: str | Path, verify: bool = True) -> list[Sequence]:
+def discover_sequences(path: str | Path, verify: bool = True, *, allow_truncated: bool = False,
+                       errors: list[tuple[str, str]] | None = None) -> list[Sequence]:
     """Find and validate the sequences under ``path``, in natural order.
 
     A frame folder gives one sequence; a folder of sequence folders and/or video files
     gives one per entry; a video file gives one. Raises :class:`InputError` for a
     missing path, an empty or ambiguous folder (images next to sub-folders or videos),
     an unsupported file, an unreadable or truncated image (``verify``: cheap integrity
-    check of every frame), frames of different sizes, or a video with no decodable
-    video stream.
+    check of every frame), frames of different sizes, a video with no decodable
+    video stream, or a video that decodes to fewer frames than its container declares
+    (unless ``allow_truncated``; :func:`~mgld.io.video_reader.probe_video`).
+
+    ``errors``: a list to collect ``(name, message)`` of the broken entries of a folder of
+    sequences instead of raising (``--keep-going``); the other sequences are returned.
     """
     path = Path(path)
     if not path.exists():
@@ -100,7 +118,7 @@ def discover_sequences(path: str | Path, verify: bool = True) -> list[Sequence]:
     if path.is_file():
         if path.suffix.lower() in IMAGE_EXTENSIONS:
             raise InputError(f"{path}: a single image is not a sequence; pass the folder that holds the frames")
-        return [_video_sequence(path)]
+        return [_video_sequence(path, allow_truncated)]
     images, videos, folders = _list_folder(path)
     if images:
         if videos or folders:
@@ -111,18 +129,27 @@ def discover_sequences(path: str | Path, verify: bool = True) -> list[Sequence]:
         raise InputError(f"{path}: empty folder (no image frames, videos or sequence folders)")
     sequences = []
     for entry in sorted(folders + videos, key=lambda p: natural_key(p.name)):
-        if entry.is_file():
-            sequences.append(_video_sequence(entry))
-            continue
-        frames, sub_videos, sub_folders = _list_folder(entry)
-        if sub_videos or sub_folders:
-            extra = (sub_folders + sub_videos)[0].name
-            raise InputError(f"{entry}: a sequence folder must hold only image frames, found {extra!r}")
-        if not frames:
-            raise InputError(f"{entry}: empty sequence folder (no image frames)")
-        sequences.append(_frame_sequence(entry, frames, verify))
+        try:
+            sequences.append(_entry_sequence(entry, verify, allow_truncated))
+        except InputError as err:
+            if errors is None:
+                raise
+            errors.append((entry.stem if entry.is_file() else entry.name, str(err)))
     _check_unique([s.name for s in sequences], path, "sequence names")
     return sequences
+
+
+def _entry_sequence(entry: Path, verify: bool, allow_truncated: bool) -> Sequence:
+    """The sequence of one entry of a folder of sequences: a video file or a frame folder."""
+    if entry.is_file():
+        return _video_sequence(entry, allow_truncated)
+    frames, sub_videos, sub_folders = _list_folder(entry)
+    if sub_videos or sub_folders:
+        extra = (sub_folders + sub_videos)[0].name
+        raise InputError(f"{entry}: a sequence folder must hold only image frames, found {extra!r}")
+    if not frames:
+        raise InputError(f"{entry}: empty sequence folder (no image frames)")
+    return _frame_sequence(entry, frames, verify)
 
 
 def _list_folder(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
@@ -162,18 +189,21 @@ def _frame_sequence(folder: Path, files: list[Path], verify: bool) -> Sequence:
         h, w = probe_image(f, verify)
         if (h, w) != (height, width):
             raise InputError(f"{f}: frame is {w}x{h} but {files[0].name} is {width}x{height}; frames must match")
-    return Sequence(folder.name, folder, "frames", names, height, width, files=files)
+    bits = 8 if read_image(files[0]).dtype == np.uint8 else 16
+    return Sequence(folder.name, folder, "frames", names, height, width, files=files, bit_depth=bits)
 
 
-def _video_sequence(path: Path) -> Sequence:
+def _video_sequence(path: Path, allow_truncated: bool = False) -> Sequence:
     if path.suffix.lower() not in VIDEO_EXTENSIONS:
         raise InputError(
             f"{path}: unsupported file type {path.suffix!r} (videos: {', '.join(VIDEO_EXTENSIONS)}; "
             "or pass a folder of image frames)"
         )
-    num_frames, height, width, rate, has_audio = probe_video(path)
-    names = [f"{i:08d}.png" for i in range(num_frames)]
-    return Sequence(path.stem, path, "video", names, height, width, float(rate), has_audio, rate=rate)
+    info = probe_video(path, allow_truncated)
+    names = [f"{i:08d}.png" for i in range(info.num_frames)]
+    return Sequence(path.stem, path, "video", names, info.height, info.width, info.has_audio, rate=info.rate,
+                    time_base=info.time_base, pts=info.pts, bit_depth=info.bit_depth,
+                    display_matrix=info.display_matrix)
 
 
 # --------------------------------------------------------------------------------------
@@ -196,20 +226,51 @@ def check_output_writable(path: str | Path) -> None:
     ensure_writable(path)
 
 
-def output_kind(output_path: str | Path, sequences: Sequence | list[Sequence]) -> Literal["frames", "video"]:
-    """``"video"`` when ``output_path`` has a video extension, else ``"frames"``.
+def output_kind(output_path: str | Path, sequences: Sequence | list[Sequence],
+                output_format: Literal["auto", "frames", "video"] = "auto") -> Literal["frames", "video"]:
+    """What the outputs are: ``"video"`` or ``"frames"``.
 
-    A video output needs exactly one video input (its frame rate and audio); a frame
-    input, or several sequences, with a video output path raises :class:`InputError`.
+    ``auto``: video when ``output_path`` has a video extension (then exactly one input sequence), else
+    frames. ``video`` with a folder path writes one video per sequence into it. ``frames`` refuses a path
+    with a video extension.
     """
     sequences = [sequences] if isinstance(sequences, Sequence) else list(sequences)
-    if Path(output_path).suffix.lower() not in VIDEO_EXTENSIONS:
-        return "frames"
+    is_video_path = Path(output_path).suffix.lower() in VIDEO_EXTENSIONS
+    if output_format == "frames" and is_video_path:
+        raise InputError(f"{output_path}: frames output needs a folder, not a path ending in a video extension")
+    if not is_video_path:
+        return "video" if output_format == "video" else "frames"
     if len(sequences) != 1:
-        raise InputError(f"{output_path}: {len(sequences)} input sequences cannot go to one video; give a folder")
-    if sequences[0].kind != "video":
-        raise InputError(
-            f"{output_path}: a video output needs a video input ({sequences[0].source} is a frame folder); "
-            "give an output folder"
-        )
+        raise InputError(f"{output_path}: {len(sequences)} input sequences cannot go to one video; give a folder "
+                         "(with --output-format video for one video each)")
     return "video"
+
+
+def output_targets(input_path: Path, output_path: Path, sequences: list[Sequence], kind: str,
+                   video_ext: str = ".mp4") -> list[Path]:
+    """Where each sequence's output goes: ``output_path`` itself for an output video path, or for a frame folder
+    or video given directly and written as frames; else ``output_path / name`` (a folder, or ``name + video_ext``
+    with ``--output-format video``)."""
+    if Path(output_path).suffix.lower() in VIDEO_EXTENSIONS:
+        return [Path(output_path)] * len(sequences)  # output_kind allows one sequence only
+    targets = []
+    for seq in sequences:
+        direct = kind == "frames" and seq.source == Path(input_path)
+        targets.append(Path(output_path) if direct else Path(output_path) / (seq.name + (
+            video_ext if kind == "video" else "")))
+    return targets
+
+
+def check_outputs_outside_inputs(input_path: Path, sequences: list[Sequence], targets: list[Path]) -> None:
+    """Refuse an output that is an input, or lies inside the input folder or a sequence folder: the next run
+    (and a resume) would take inputs for results, and results would land among the inputs."""
+    root = Path(input_path).resolve()
+    for seq, target in zip(sequences, targets):
+        out = Path(target).resolve()
+        source = seq.source.resolve()
+        if out == source or (seq.kind == "frames" and source in out.parents) or (root.is_dir() and (
+                out == root or root in out.parents)):
+            raise InputError(
+                f"{target}: the output is the input or lies inside it ({seq.source}); the input frames would be "
+                "mistaken for results. Choose an output outside the input"
+            )

@@ -57,14 +57,3 @@ def plan_chunks(num_frames: int, frames: int, overlap: int = 0) -> list[Chunk]:
         shared_next = start + frames - starts[i + 1] if i + 1 < len(starts) else 0
         chunks.append(Chunk(start, start + frames, shared_prev, shared_next, overlap > 0))
     return chunks
-
-
-def split_work(items: list, rank: int, world: int) -> list:
-    """Round-robin share of ``items`` for process ``rank`` of ``world``."""
-    return items[rank::world]
-
-
-def split_chunks(chunks: list[Chunk], rank: int, world: int) -> list[Chunk]:
-    """A contiguous range of ``chunks`` for process ``rank`` (keeps each process's output in order)."""
-    per = -(-len(chunks) // world)
-    return chunks[rank * per:(rank + 1) * per]
