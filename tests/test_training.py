@@ -20,9 +20,10 @@ from pytorch_lightning.callbacks import Callback
 from torch.utils.data import default_collate
 
 from mgld.config import load_config
+from mgld.io.frames import InputError
 from mgld.models import build_denoiser, build_vae
 from mgld.models.discriminator import PatchDiscriminator
-from mgld.training import Stage1System, Stage2Loss, Stage2System, build_stage1, build_stage2, train
+from mgld.training import LossConfig, Stage1System, Stage2System, build_stage1, build_stage2, train
 from mgld.training.config import load_train_config
 from mgld.training.data import write_synthetic_sequences, write_synthetic_stage2
 from mgld.training.runner import prepare_run_dir
@@ -145,7 +146,7 @@ def test_stage1_resume_continues_at_the_saved_step_with_the_saved_optimizer_stat
 
 
 def test_stage1_overfits_a_fixed_batch(data, tmp_path):
-    cfg = tiny_cfg(1, data, tmp_path / "run", "data.seed=0")
+    cfg = tiny_cfg(1, data, tmp_path / "run")
     system, datamodule = build_stage1(cfg)
     batch = default_collate([datamodule.dataset[0]])
     optimizer = torch.optim.Adam(system.trainable, lr=2e-3)
@@ -160,15 +161,17 @@ def test_stage1_overfits_a_fixed_batch(data, tmp_path):
     assert losses[-1] < 0.5 * losses[0], losses
 
 
-def test_per_frame_timesteps_switch(data, tmp_path):
-    cfg = tiny_cfg(1, data, tmp_path / "run", "stage1.timesteps=frame", "stage1.train_temporal_norm=false")
-    system, _ = build_stage1(cfg)
+def test_per_frame_timesteps_and_frozen_norm_are_the_default_and_the_fixes_are_options(data, tmp_path):
+    system, _ = build_stage1(tiny_cfg(1, data, tmp_path / "run"))  # the authors' run
     t = system.sample_timesteps(3, T)
-    assert t.shape == (15,) and len(set(t.tolist())) > 3  # independent per frame (the authors' run)
-    clip = Stage1System(build_denoiser(cfg.model), build_vae(cfg.model)).sample_timesteps(3, T).view(3, T)
-    assert (clip == clip[:, :1]).all()  # default: one timestep per clip
+    assert t.shape == (15,) and len(set(t.tolist())) > 3  # independent per frame
     norm = system.denoiser.unet.temporal.attention.norm
     assert not norm.weight.requires_grad and system.denoiser.unet.temporal.attention.temporal_alpha.requires_grad
+    fixed = tiny_cfg(1, data, tmp_path / "run", "stage1.timesteps=clip", "stage1.train_temporal_norm=true")
+    system, _ = build_stage1(fixed)
+    clip = system.sample_timesteps(3, T).view(3, T)
+    assert (clip == clip[:, :1]).all() and len(set(clip[:, 0].tolist())) > 1  # one timestep per clip
+    assert system.denoiser.unet.temporal.attention.norm.weight.requires_grad
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -202,7 +205,7 @@ def test_stage2_trains_with_lean_checkpoints_and_gan_after_disc_start(stage2_run
     assert all(k.startswith(Stage2System.trained_prefixes) for k in last["state_dict"])
     _assert_frozen_kept_trained_changed(initial, last["state_dict"], Stage2System.trained_prefixes)
     opt_g, opt_d = (next(iter(s["state"].values()))["step"].item() for s in last["optimizer_states"])
-    assert (opt_g, opt_d) == (3, 2)  # the discriminator starts at step 1 (losses.disc_start=1)
+    assert (opt_g, opt_d) == (3, 3)  # the discriminator's Adam is stepped from step 0 (zero gradients before 1)
     exported = load_state_dict_file(run_dir / "weights" / "vae.safetensors")
     sd_vae = load_state_dict_file(sd_folder / "vae" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(exported[f"base.{k}"], v) for k, v in sd_vae.items())  # frozen: bit-identical to SD
@@ -219,26 +222,26 @@ def test_stage2_resume_rebuilds_the_frozen_part_and_continues(stage2_run):
     assert all(_same_optimizer_state(a, b) for a, b in zip(capture.states, saved["optimizer_states"]))
     resumed = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert resumed["global_step"] == 4
-    assert [next(iter(s["state"].values()))["step"].item() for s in resumed["optimizer_states"]] == [4, 3]
+    assert [next(iter(s["state"].values()))["step"].item() for s in resumed["optimizer_states"]] == [4, 4]
 
 
 def test_stage2_overfits_a_fixed_batch(data, tmp_path):
     from mgld.training.common import prepare_clips
 
-    system, datamodule = build_stage2(tiny_cfg(2, data, tmp_path / "run"))
+    system, datamodule = build_stage2(tiny_cfg(2, data, tmp_path / "run", "losses.consistency_variant=fixed"))
     batch = default_collate([datamodule.dataset[0]])
     x_gt, x_lq = prepare_clips(batch["gt"], batch["lq"])
     latent = batch["latent"].flatten(0, 1)
     optimizer = torch.optim.Adam(system.decoder_parameters(), lr=2e-3)
     losses = []
     for _ in range(25):
-        terms = system.generator_loss(system.reconstruct(x_lq, latent, T), x_gt, T, adversarial=False)
+        terms = system.generator_loss(system.reconstruct(x_lq, latent, T), x_gt, T, disc_factor=0.0)
         optimizer.zero_grad()
         terms["total"].backward()
         optimizer.step()
         losses.append(terms["total"].item())
     assert losses[-1] < 0.5 * losses[0], losses
-    assert terms["consistency"].item() > 0 and terms["lpips"].item() == 0  # DIS flow on; LPIPS off in tiny
+    assert terms["consistency"].item() > 0 and terms["lpips"].item() == 0  # (random) SpyNet on; LPIPS off in tiny
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -261,7 +264,7 @@ def test_full_size_systems_train_the_spec_parameters():
     assert _millions(p for n, p in trained.items() if n.startswith("denoiser.cond_encoder.")) == 52.49
     assert _millions(trained.values()) == 121.90 and _millions(stage1.trainable) == 121.90
 
-    stage2 = Stage2System(vae, PatchDiscriminator(), loss=Stage2Loss(lpips=0, consistency=0))
+    stage2 = Stage2System(vae, PatchDiscriminator(), losses=LossConfig(lpips=0, consistency=0))
     trained = {n: p for n, p in stage2.named_parameters() if p.requires_grad}
     assert _millions(p for n, p in trained.items() if n.startswith("vae.fusion.")) == 25.07
     assert _millions(p for n, p in trained.items() if n.startswith("vae.temporal.")) == 6.25
@@ -289,10 +292,10 @@ def no_model_building(monkeypatch):
 
 def test_input_errors_come_before_any_model_is_built(data, tmp_path, no_model_building):
     out = tmp_path / "run"
-    with pytest.raises(FileNotFoundError, match="dataset folder not found"):
+    with pytest.raises(InputError, match="dataset folder not found"):
         build_stage1(tiny_cfg(1, data, out, f"data.root={tmp_path / 'missing'}"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no sequence folder"):
+    with pytest.raises(InputError, match="empty folder"):
         build_stage2(tiny_cfg(2, data, out, f"data.root={tmp_path / 'empty'}"))
     with pytest.raises(FileNotFoundError, match="SD checkpoint not found"):
         build_stage1(tiny_cfg(1, data, out, f"init.sd_checkpoint={tmp_path / 'v2-1.ckpt'}"))
@@ -374,5 +377,5 @@ def test_frozen_networks_stay_in_eval_mode(tiny_model_cfg):
     stage1 = Stage1System(build_denoiser(tiny_model_cfg), build_vae(tiny_model_cfg)).train()
     assert stage1.denoiser.training and not stage1.vae.training
     stage2 = Stage2System(build_vae(tiny_model_cfg), PatchDiscriminator(3, 8, 2), flow_estimator=FlowWithBatchNorm(),
-                          loss=Stage2Loss(lpips=0)).train()
+                          losses=LossConfig(lpips=0)).train()
     assert stage2.vae.training and stage2.discriminator.training and not stage2.flow_estimator.training
