@@ -196,3 +196,19 @@ def test_stream_gives_each_sample_the_same_draws_on_any_process_layout(clips):
     assert [next(it) for _ in range(8)] == one.draws(7) + one.draws(8)
     with pytest.raises(InputError, match="fewer than one global batch of 8"):
         ClipStreamSampler(5, 4, world_size=2)
+
+
+def test_loader_workers_do_not_change_the_batches(clips):
+    from torch.utils.data import DataLoader
+
+    dataset = REDSClipDataset(clips, crop_size=32, degradation=RealBasicVSRDegradation())
+
+    def batches(workers: int) -> list[dict]:
+        loader = DataLoader(dataset, batch_size=2, sampler=ClipStreamSampler(len(dataset), 2, seed=1, start_batch=3),
+                            num_workers=workers)
+        it = iter(loader)
+        return [next(it) for _ in range(2)]
+
+    for a, b in zip(batches(0), batches(2)):
+        assert a["key"] == b["key"] and torch.equal(a["lq"], b["lq"]) and torch.equal(a["seed"], b["seed"])
+        assert a["batch"].tolist() == b["batch"].tolist() and a["batch"][0] in (3, 4)
