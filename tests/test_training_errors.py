@@ -119,9 +119,9 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_run_folder(clips
     frame = broken / "100" / "00000003.png"  # in every clip
     frame.write_bytes(frame.read_bytes()[:300])
     out = tmp_path / "run"
-    # headers only: the damaged frame is found when the first batch reads it
+    # headers only: the damaged frame is found when the first batch reads it, here in a DataLoader worker
     fails(["--config", TINY1, f"data.root={broken}", "data.verify_frames=false", f"output_dir={out}",
-           "trainer.max_steps=2", "data.exclude=[]"], InputError, frame)
+           "trainer.max_steps=2", "data.num_workers=1"], InputError, frame)
     assert not out.exists()
 
 

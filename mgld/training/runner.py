@@ -312,6 +312,20 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, callbacks: Sequence[Callback]
     return pl.Trainer(**kwargs)
 
 
+def _worker_error(err: BaseException) -> BaseException | None:
+    """A DataLoader worker's exception arrives with the worker's traceback in its message; the same exception
+    type with the original one-line message (e.g. the damaged frame's InputError), or None for other errors."""
+    text = str(err)
+    if not (text.startswith("Caught ") and "Original Traceback" in text):
+        return None
+    last = text.strip().splitlines()[-1]
+    message = last.split(": ", 1)[1] if ": " in last else last
+    try:
+        return type(err)(message)
+    except Exception:
+        return RuntimeError(message)
+
+
 @rank_zero_only
 def export_weights(system: Stage1System | Stage2System, cfg: TrainConfig, step: int) -> Path:
     """Save the trained model as a converted mgld folder ``output_dir/weights`` (loadable by mgld.weights.loading)."""
@@ -335,9 +349,12 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: Sequence[Callback] 
     create_run_dir(cfg)
     try:
         trainer.fit(system, datamodule=datamodule, ckpt_path=resume_from)
-    except BaseException:
+    except BaseException as err:
         if fresh:
             _remove_failed_run(run_dir)
+        one_line = _worker_error(err)
+        if one_line is not None:
+            raise one_line from err
         raise
     export_weights(system, cfg, trainer.global_step)
     return run_dir

@@ -125,7 +125,7 @@ class Stage1System(TrainingSystem):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         out = self.compute_loss(batch)
         b, num_frames = batch["gt"].shape[:2]
-        self.log("train/loss", out["loss"], prog_bar=True, batch_size=b)
+        self.log("train/loss", out["loss"], prog_bar=True, batch_size=b, sync_dist=True)  # the global mean
         if self.should_log_images():
             self._log_prediction(out["x_lq"], out["x_gt"], out["x_t"], out["eps"], out["t"], num_frames)
         return out["loss"]
