@@ -429,13 +429,20 @@ def test_fixed_configs_change_exactly_the_named_fixes():
         a, b = _flat(load_train_config(CONFIGS / f"{name}.yaml")), _flat(load_train_config(CONFIGS / f"{base}.yaml"))
         return {k: v for k, v in a.items() if v != b[k]}
 
+    import dataclasses
+
+    from mgld.config import FlowConfig
+
     d1 = changed("stage1_fixed", "stage1")
-    assert d1 == {
+    expected = {
         "stage1.timesteps": "clip", "stage1.train_temporal_norm": True, "stage1.mid_from_sd": True,
         "data.degradation.stage1.blur.beta_variant": "fixed", "data.degradation.stage1.codec.color_order": "fixed",
         "data.degradation.stage2.blur.beta_variant": "fixed", "data.degradation.stage2.codec.color_order": "fixed",
         "sampling.steps": 50, "sampling.guidance_scale": 10.0,
     }
+    if "resolution" in {f.name for f in dataclasses.fields(FlowConfig)}:  # after the core merge (MERGE lines)
+        expected.update({"flow.resolution": "lr", "infer.upsample_mode": "bicubic"})
+    assert d1 == expected
     d2 = changed("stage2_fixed", "stage2")
     assert d2 == {"losses.consistency_variant": "fixed", "losses.reduction": "mean",
                   "discriminator.sync_batchnorm": True}
