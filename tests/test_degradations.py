@@ -178,3 +178,73 @@ def test_codec_is_bit_exact_across_runs(clip):
         _junk = [np.random.default_rng().integers(0, 255, 50_000, dtype=np.uint8) for _ in range(4)]
         runs.add(np.stack(deg.codec_round_trip(frames, "libx264", 20_000)[0]).tobytes())
     assert len(runs) == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# The authors' numerics (issue 11 §1.3, §1.6; docs/training.md §2)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["generalized_iso", "plateau_aniso"])
+def test_shape_beta_is_drawn_between_1_and_the_walked_beta_per_frame(clip, kind):
+    beta = (3.0, 3.0) if kind.startswith("generalized") else (1.8, 1.8)
+    cfg = deg.BlurConfig(kernel_types=(kind,), kernel_probs=(1.0,), kernel_sizes=(9,), beta_gaussian=(3.0, 3.0),
+                         beta_plateau=(1.8, 1.8))
+    out, params = deg.apply_blur(list(clip), np.random.default_rng(0), cfg)
+    drawn = np.array(params["beta"])
+    assert params["beta_walk"] == [beta[0]] * 5  # the walk itself is pinned by the range
+    assert len(set(drawn.tolist())) == 5 and drawn.min() >= 1.0 and drawn.max() <= beta[0]
+    sy, rot = params.get("sigma_y", params["sigma_x"]), params.get("rotation", [0.0] * 5)
+    for i in range(5):  # frame i is filtered with its own drawn beta
+        k = deg.make_kernel(kind, 9, params["sigma_x"][i], sy[i], rot[i], drawn[i], 1.0)
+        assert np.array_equal(out[i], cv2.filter2D(clip[i], -1, k))
+    fixed, fixed_params = deg.apply_blur(list(clip), np.random.default_rng(0), replace(cfg, beta_variant="fixed"))
+    assert fixed_params["beta"] == [beta[0]] * 5 and "beta_walk" not in fixed_params
+
+
+def test_shape_beta_below_one_is_drawn_between_it_and_one(clip):
+    cfg = deg.BlurConfig(kernel_types=("generalized_iso",), kernel_probs=(1.0,), beta_gaussian=(0.6, 0.6))
+    _, params = deg.apply_blur(list(clip), np.random.default_rng(1), cfg)
+    assert all(0.6 <= b <= 1.0 for b in params["beta"]) and len(set(params["beta"])) == 5
+
+
+def test_resize_floors_to_even_directly(clip):
+    # 64 * 0.775 = 49.6: floored 49 -> 48 (the authors); rounding first would give 50
+    cfg = deg.ResizeConfig(mode_probs=(0.0, 1.0, 0.0), scale_down=(0.775, 0.775), scale_step=0.0)
+    out, params = deg.apply_resize(list(clip), np.random.default_rng(0), cfg)
+    assert params["size_hw"] == [[48, 48]] * 5 and out[0].shape == (48, 48, 3)
+    odd, params = deg.apply_resize(list(clip), np.random.default_rng(0), replace(cfg, even_size=False))
+    assert params["size_hw"] == [[49, 49]] * 5
+
+
+def test_ops_keep_float32_after_the_codec_and_the_lq_is_clipped_not_rounded(clip):
+    coded, _ = deg.apply_codec(list(clip), np.random.default_rng(0), deg.CodecConfig(codecs=("mpeg4",),
+                                                                                      codec_probs=(1.0,)))
+    assert coded[0].dtype == np.float32  # as the authors' codec returns
+    blur = deg.BlurConfig(kernel_types=("iso",), kernel_probs=(1.0,), kernel_sizes=(7,), sigma=(1.3, 1.3))
+    blurred, _ = deg.apply_blur(coded, np.random.default_rng(0), blur)
+    assert blurred[0].dtype == np.float32 and not np.array_equal(blurred[0], np.rint(blurred[0]))
+    resized, _ = deg.apply_resize(coded, np.random.default_rng(0), deg.ResizeConfig(mode_probs=(0, 1.0, 0)))
+    assert resized[0].dtype == np.float32 and not np.array_equal(resized[0], np.rint(resized[0]))
+    final, _ = deg.apply_final(coded, np.random.default_rng(0), deg.FinalConfig(sinc_prob=1.0), (16, 16))
+    assert final[0].dtype == np.float32 and not np.array_equal(final[0], np.rint(final[0]))
+    u8, _ = deg.apply_blur(list(clip), np.random.default_rng(0), blur)  # before the first codec: uint8 (OpenCV)
+    assert u8[0].dtype == np.uint8
+
+    degrade = deg.RealBasicVSRDegradation()
+    lq = degrade(clip, np.random.default_rng(7), quantize=False)
+    assert lq.dtype == np.float32 and lq.shape == (5, 16, 16, 3) and 0 <= lq.min() and lq.max() <= 255
+    assert not np.array_equal(lq, np.rint(lq))
+    assert np.array_equal(degrade(clip, np.random.default_rng(7)), np.rint(lq).astype(np.uint8))
+
+
+def test_codec_color_order_authors_feeds_bgr_as_rgb24(clip):
+    big = np.stack([cv2.resize(f, (64, 64)) for f in clip])
+    big[..., 0] = np.clip(big[..., 0].astype(int) + 60, 0, 255)  # colourful: the YUV weights matter
+    authors, _ = deg.codec_round_trip(big, "libx264", 60_000, color_order="authors")
+    fixed, _ = deg.codec_round_trip(big, "libx264", 60_000, color_order="fixed")
+    swapped, _ = deg.codec_round_trip(big[..., ::-1], "libx264", 60_000, color_order="fixed")
+    assert np.array_equal(np.stack(authors), np.stack(swapped)[..., ::-1])
+    assert not np.array_equal(np.stack(authors), np.stack(fixed))
+    assert _psnr(np.stack(authors), big) > 24
+    assert deg.CodecConfig().color_order == "authors" and deg.BlurConfig().beta_variant == "authors"

@@ -20,9 +20,10 @@ from pytorch_lightning.callbacks import Callback
 from torch.utils.data import default_collate
 
 from mgld.config import load_config
+from mgld.io.frames import InputError
 from mgld.models import build_denoiser, build_vae
 from mgld.models.discriminator import PatchDiscriminator
-from mgld.training import Stage1System, Stage2Loss, Stage2System, build_stage1, build_stage2, train
+from mgld.training import LossConfig, Stage1System, Stage2System, build_stage1, build_stage2, train
 from mgld.training.config import load_train_config
 from mgld.training.data import write_synthetic_sequences, write_synthetic_stage2
 from mgld.training.runner import prepare_run_dir
@@ -145,7 +146,7 @@ def test_stage1_resume_continues_at_the_saved_step_with_the_saved_optimizer_stat
 
 
 def test_stage1_overfits_a_fixed_batch(data, tmp_path):
-    cfg = tiny_cfg(1, data, tmp_path / "run", "data.seed=0")
+    cfg = tiny_cfg(1, data, tmp_path / "run")
     system, datamodule = build_stage1(cfg)
     batch = default_collate([datamodule.dataset[0]])
     optimizer = torch.optim.Adam(system.trainable, lr=2e-3)
@@ -160,15 +161,17 @@ def test_stage1_overfits_a_fixed_batch(data, tmp_path):
     assert losses[-1] < 0.5 * losses[0], losses
 
 
-def test_per_frame_timesteps_switch(data, tmp_path):
-    cfg = tiny_cfg(1, data, tmp_path / "run", "stage1.timesteps=frame", "stage1.train_temporal_norm=false")
-    system, _ = build_stage1(cfg)
+def test_per_frame_timesteps_and_frozen_norm_are_the_default_and_the_fixes_are_options(data, tmp_path):
+    system, _ = build_stage1(tiny_cfg(1, data, tmp_path / "run"))  # the authors' run
     t = system.sample_timesteps(3, T)
-    assert t.shape == (15,) and len(set(t.tolist())) > 3  # independent per frame (the authors' run)
-    clip = Stage1System(build_denoiser(cfg.model), build_vae(cfg.model)).sample_timesteps(3, T).view(3, T)
-    assert (clip == clip[:, :1]).all()  # default: one timestep per clip
+    assert t.shape == (15,) and len(set(t.tolist())) > 3  # independent per frame
     norm = system.denoiser.unet.temporal.attention.norm
     assert not norm.weight.requires_grad and system.denoiser.unet.temporal.attention.temporal_alpha.requires_grad
+    fixed = tiny_cfg(1, data, tmp_path / "run", "stage1.timesteps=clip", "stage1.train_temporal_norm=true")
+    system, _ = build_stage1(fixed)
+    clip = system.sample_timesteps(3, T).view(3, T)
+    assert (clip == clip[:, :1]).all() and len(set(clip[:, 0].tolist())) > 1  # one timestep per clip
+    assert system.denoiser.unet.temporal.attention.norm.weight.requires_grad
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -202,7 +205,7 @@ def test_stage2_trains_with_lean_checkpoints_and_gan_after_disc_start(stage2_run
     assert all(k.startswith(Stage2System.trained_prefixes) for k in last["state_dict"])
     _assert_frozen_kept_trained_changed(initial, last["state_dict"], Stage2System.trained_prefixes)
     opt_g, opt_d = (next(iter(s["state"].values()))["step"].item() for s in last["optimizer_states"])
-    assert (opt_g, opt_d) == (3, 2)  # the discriminator starts at step 1 (losses.disc_start=1)
+    assert (opt_g, opt_d) == (3, 3)  # the discriminator's Adam is stepped from step 0 (zero gradients before 1)
     exported = load_state_dict_file(run_dir / "weights" / "vae.safetensors")
     sd_vae = load_state_dict_file(sd_folder / "vae" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(exported[f"base.{k}"], v) for k, v in sd_vae.items())  # frozen: bit-identical to SD
@@ -219,26 +222,26 @@ def test_stage2_resume_rebuilds_the_frozen_part_and_continues(stage2_run):
     assert all(_same_optimizer_state(a, b) for a, b in zip(capture.states, saved["optimizer_states"]))
     resumed = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert resumed["global_step"] == 4
-    assert [next(iter(s["state"].values()))["step"].item() for s in resumed["optimizer_states"]] == [4, 3]
+    assert [next(iter(s["state"].values()))["step"].item() for s in resumed["optimizer_states"]] == [4, 4]
 
 
 def test_stage2_overfits_a_fixed_batch(data, tmp_path):
     from mgld.training.common import prepare_clips
 
-    system, datamodule = build_stage2(tiny_cfg(2, data, tmp_path / "run"))
+    system, datamodule = build_stage2(tiny_cfg(2, data, tmp_path / "run", "losses.consistency_variant=fixed"))
     batch = default_collate([datamodule.dataset[0]])
     x_gt, x_lq = prepare_clips(batch["gt"], batch["lq"])
     latent = batch["latent"].flatten(0, 1)
     optimizer = torch.optim.Adam(system.decoder_parameters(), lr=2e-3)
     losses = []
     for _ in range(25):
-        terms = system.generator_loss(system.reconstruct(x_lq, latent, T), x_gt, T, adversarial=False)
+        terms = system.generator_loss(system.reconstruct(x_lq, latent, T), x_gt, T, disc_factor=0.0)
         optimizer.zero_grad()
         terms["total"].backward()
         optimizer.step()
         losses.append(terms["total"].item())
     assert losses[-1] < 0.5 * losses[0], losses
-    assert terms["consistency"].item() > 0 and terms["lpips"].item() == 0  # DIS flow on; LPIPS off in tiny
+    assert terms["consistency"].item() > 0 and terms["lpips"].item() == 0  # (random) SpyNet on; LPIPS off in tiny
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -261,7 +264,7 @@ def test_full_size_systems_train_the_spec_parameters():
     assert _millions(p for n, p in trained.items() if n.startswith("denoiser.cond_encoder.")) == 52.49
     assert _millions(trained.values()) == 121.90 and _millions(stage1.trainable) == 121.90
 
-    stage2 = Stage2System(vae, PatchDiscriminator(), loss=Stage2Loss(lpips=0, consistency=0))
+    stage2 = Stage2System(vae, PatchDiscriminator(), losses=LossConfig(lpips=0, consistency=0))
     trained = {n: p for n, p in stage2.named_parameters() if p.requires_grad}
     assert _millions(p for n, p in trained.items() if n.startswith("vae.fusion.")) == 25.07
     assert _millions(p for n, p in trained.items() if n.startswith("vae.temporal.")) == 6.25
@@ -289,10 +292,10 @@ def no_model_building(monkeypatch):
 
 def test_input_errors_come_before_any_model_is_built(data, tmp_path, no_model_building):
     out = tmp_path / "run"
-    with pytest.raises(FileNotFoundError, match="dataset folder not found"):
+    with pytest.raises(InputError, match="dataset folder not found"):
         build_stage1(tiny_cfg(1, data, out, f"data.root={tmp_path / 'missing'}"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no sequence folder"):
+    with pytest.raises(InputError, match="empty folder"):
         build_stage2(tiny_cfg(2, data, out, f"data.root={tmp_path / 'empty'}"))
     with pytest.raises(FileNotFoundError, match="SD checkpoint not found"):
         build_stage1(tiny_cfg(1, data, out, f"init.sd_checkpoint={tmp_path / 'v2-1.ckpt'}"))
@@ -374,5 +377,156 @@ def test_frozen_networks_stay_in_eval_mode(tiny_model_cfg):
     stage1 = Stage1System(build_denoiser(tiny_model_cfg), build_vae(tiny_model_cfg)).train()
     assert stage1.denoiser.training and not stage1.vae.training
     stage2 = Stage2System(build_vae(tiny_model_cfg), PatchDiscriminator(3, 8, 2), flow_estimator=FlowWithBatchNorm(),
-                          loss=Stage2Loss(lpips=0)).train()
+                          losses=LossConfig(lpips=0)).train()
     assert stage2.vae.training and stage2.discriminator.training and not stage2.flow_estimator.training
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The authors' run by default, the fixes as named options (issue 11 §1.5)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _flat(cfg, skip=()) -> dict:
+    from omegaconf import OmegaConf
+
+    container = OmegaConf.to_container(OmegaConf.structured(cfg))
+    out = {}
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                walk(v, f"{key}.")
+            elif not key.startswith(skip):
+                out[key] = v
+
+    walk(container, "")
+    return out
+
+
+INFERENCE_SECTIONS = ("sampling.", "flow.", "decode.", "chunk.", "infer.")
+
+
+def test_authors_configs_hold_the_authors_run_and_equal_the_schema_defaults():
+    from mgld.training.config import Stage1TrainConfig, Stage2TrainConfig
+
+    s1 = load_train_config(CONFIGS / "stage1.yaml")
+    assert (s1.stage1.timesteps, s1.stage1.train_temporal_norm, s1.stage1.mid_from_sd) == ("frame", False, False)
+    for stage in (s1.data.degradation.stage1, s1.data.degradation.stage2):
+        assert (stage.blur.beta_variant, stage.codec.color_order) == ("authors", "authors")
+    assert (s1.data.exclude, s1.data.exclude_by) == (["000", "011", "015", "020"], "name")
+    s2 = load_train_config(CONFIGS / "stage2.yaml")
+    assert (s2.losses.consistency_variant, s2.losses.reduction, s2.losses.flow.method) == ("authors", "authors",
+                                                                                            "spynet")
+    assert (s2.data.exclude_by, s2.discriminator.sync_batchnorm) == ("prefix", False)
+    skip = (*INFERENCE_SECTIONS, "output_dir", "data.root", "data.generated_root")
+    assert _flat(s1, skip) == _flat(Stage1TrainConfig(), skip)  # the schema defaults are the authors' run too
+    assert _flat(s2, skip) == _flat(Stage2TrainConfig(), skip)
+
+
+def test_fixed_configs_change_exactly_the_named_fixes():
+    def changed(name: str, base: str) -> dict:
+        a, b = _flat(load_train_config(CONFIGS / f"{name}.yaml")), _flat(load_train_config(CONFIGS / f"{base}.yaml"))
+        return {k: v for k, v in a.items() if v != b[k]}
+
+    import dataclasses
+
+    from mgld.config import FlowConfig
+
+    d1 = changed("stage1_fixed", "stage1")
+    expected = {
+        "stage1.timesteps": "clip", "stage1.train_temporal_norm": True, "stage1.mid_from_sd": True,
+        "data.degradation.stage1.blur.beta_variant": "fixed", "data.degradation.stage1.codec.color_order": "fixed",
+        "data.degradation.stage2.blur.beta_variant": "fixed", "data.degradation.stage2.codec.color_order": "fixed",
+        "sampling.steps": 50, "sampling.guidance_scale": 10.0,
+    }
+    if "resolution" in {f.name for f in dataclasses.fields(FlowConfig)}:  # after the core merge (MERGE lines)
+        expected.update({"flow.resolution": "lr", "infer.upsample_mode": "bicubic"})
+    assert d1 == expected
+    d2 = changed("stage2_fixed", "stage2")
+    assert d2 == {"losses.consistency_variant": "fixed", "losses.reduction": "mean",
+                  "discriminator.sync_batchnorm": True}
+    for name, fixes in (("stage1_fixed", d1), ("stage2_fixed", d2)):  # every fix is named in a comment
+        lines = [line for line in (CONFIGS / f"{name}.yaml").read_text().splitlines() if "# FIX:" in line]
+        for key in fixes:
+            assert any(line.lstrip().startswith(key.rsplit(".", 1)[-1]) or f"{key.rsplit('.', 1)[-1]}:" in line
+                       for line in lines), key
+
+
+def test_latent_generation_settings_reach_the_pipeline(tmp_path):
+    """configs/stage1.yaml samples the stage-2 latents as the authors' w_latent script (docs/training.md §4)."""
+    import dataclasses
+
+    from mgld.cli.generate_latents import build_pipeline
+    from mgld.config import FlowConfig, InferConfig
+
+    cfg = load_train_config(CONFIGS / "stage1.yaml")
+    assert (cfg.sampling.steps, cfg.sampling.guidance_scale, cfg.flow.method) == (200, 1.0, "raft")
+    fixed = load_train_config(CONFIGS / "stage1_fixed.yaml")
+    assert (fixed.sampling.steps, fixed.sampling.guidance_scale) == (50, 10.0)
+    tiny = load_train_config(CONFIGS / "tiny_stage1.yaml", ["infer.random_weights=true", "sampling.steps=3"])
+    pipe = build_pipeline(tiny, None, None)
+    assert pipe.config.sampling.guidance_scale == 1.0 and pipe.config.sampling.steps == 3
+    assert (pipe.config.infer.scale, pipe.config.infer.min_short_side) == (4, 0)
+    names = {f.name for f in dataclasses.fields(FlowConfig)} | {f.name for f in dataclasses.fields(InferConfig)}
+    if not {"resolution", "upsample_mode"} <= names:
+        pytest.skip("runs after the core merge: flow.resolution / infer.upsample_mode are not in the schema yet")
+    assert (cfg.flow.resolution, cfg.infer.upsample_mode) == ("upsampled", "bilinear")  # the w_latent script
+    assert (fixed.flow.resolution, fixed.infer.upsample_mode) == ("lr", "bicubic")  # as inference
+    assert (pipe.config.flow.resolution, pipe.config.infer.upsample_mode) == ("upsampled", "bilinear")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Stage-2 details (issue 11 §1.6)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_discriminator_adam_steps_with_zero_gradients_before_disc_start(data, tmp_path):
+    cfg = tiny_cfg(2, data, tmp_path / "run", "trainer.max_steps=2", "losses.disc_start=3")
+    initial = _initial_state(build_stage2, cfg)
+    run_dir = train(cfg, enable_progress_bar=False)
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    disc = {k: v for k, v in last["state_dict"].items() if k.startswith("discriminator.") and "running" not in k
+            and "num_batches" not in k}
+    assert disc and all(torch.equal(v, initial[k]) for k, v in disc.items())  # zero gradients: no update ...
+    state_g, state_d = (s["state"] for s in last["optimizer_states"])
+    assert {int(s["step"]) for s in state_d.values()} == {2} == {int(s["step"]) for s in state_g.values()}  # counted
+    assert all(not s["exp_avg"].any() and not s["exp_avg_sq"].any() for s in state_d.values())
+    # the authors' discriminator also sees every batch before disc_start (BatchNorm statistics move)
+    running = [k for k in last["state_dict"] if k.startswith("discriminator.") and k.endswith("running_mean")]
+    assert running and not torch.equal(last["state_dict"][running[0]], initial[running[0]])
+
+
+def test_stage2_lq_is_not_clamped_but_stage1_lq_is():
+    from mgld.training.common import prepare_clips
+
+    gt = torch.zeros(1, T, 3, 16, 16)
+    lq = torch.zeros(1, T, 3, 4, 4)
+    lq[..., ::2, :] = 1.0  # stripes: bicubic overshoots
+    _, stage1 = prepare_clips(gt, lq)
+    _, stage2 = prepare_clips(gt, lq, clamp_lq=False)
+    assert stage1.min() == -1 and stage1.max() == 1
+    assert stage2.max() > 1.05 and stage2.min() < -1.05
+    torch.testing.assert_close(stage2.clamp(-1, 1), stage1)
+
+
+def test_global_batchnorm_is_batchnorm_in_one_process():
+    from mgld.training.distributed import GlobalBatchNorm2d, convert_global_batchnorm
+
+    disc = PatchDiscriminator(3, 8, 2)
+    reference = copy.deepcopy(disc)
+    convert_global_batchnorm(disc)
+    assert sum(isinstance(m, GlobalBatchNorm2d) for m in disc.modules()) == 2
+    assert all(torch.equal(a, b) for a, b in zip(disc.state_dict().values(), reference.state_dict().values()))
+    x = torch.randn(6, 3, 32, 32)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, ref = disc(x1), reference(x2)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    out.square().mean().backward()
+    ref.square().mean().backward()
+    torch.testing.assert_close(x1.grad, x2.grad, atol=1e-6, rtol=1e-4)
+    for (name, a), b in zip(disc.state_dict().items(), reference.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)  # running statistics too
+    disc.eval()
+    reference.eval()
+    torch.testing.assert_close(disc(x), reference(x), atol=1e-5, rtol=1e-5)

@@ -1,10 +1,14 @@
 """Make the stage-2 training inputs: degraded LQ frames and stage-1 latents for every 5-frame segment of a GT folder.
 
-    mgld generate-latents --config configs/stage1.yaml --weights runs/stage1/weights \
+    mgld generate-latents --config stage1 --weights runs/stage1/weights \
         --input data/REDS/train_sharp_sub --out data/REDS/stage1_generated init.sd_checkpoint=/w/v2-1.ckpt
 
 Writes <out>/lq/, <out>/latents/ (what configs/stage2.yaml's data.generated_root reads) and <out>/preview/.
-Resumable: run it again and finished segments are skipped. See mgld/training/latents.py.
+The config's sampling/flow/infer sections choose how the latents are sampled: configs/stage1.yaml has the
+authors' w_latent script (guidance scale 1, 200 steps, RAFT on the 512-px upsampled frames, bilinear LQ
+upsampling), configs/stage1_fixed.yaml samples as inference does. REDS4 is left out by prefix (its sub-image
+folders too), as the stage-2 dataset does. Resumable: run it again and finished segments are skipped.
+See mgld/training/latents.py.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     )
     parser.add_argument("--config", required=True, metavar="YAML",
                         help="the stage-1 training config: model, data.degradation, data.exclude, init.sd_checkpoint "
-                             "and the sampling/flow/decode sections")
+                             "and the sampling/flow/decode/infer sections (stage1: the authors' w_latent settings)")
     parser.add_argument("--weights", metavar="DIR",
                         help="converted folder with the trained denoiser (a stage-1 run's weights/ folder); "
                              "required unless infer.random_weights=true")
@@ -86,7 +90,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     pipe = build_pipeline(cfg, args.weights, args.vae)
     degradation = RealBasicVSRDegradation(cfg.data.degradation) if cfg.data.degrade else None
     counts = generate_latents(pipe, args.input, args.out, degradation, cfg.model.num_frames, cfg.data.exclude,
-                              args.seed, progress=lambda key: log.info("segment %s done", key))
+                              args.seed, progress=lambda key: log.info("segment %s done", key), exclude_by="prefix")
     log.info("%d segments written, %d already done; stage 2: data.generated_root=%s", counts["done"],
              counts["skipped"], args.out)
     return 0

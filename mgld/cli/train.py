@@ -1,11 +1,13 @@
 """Train MGLD-VSR stage 1 (diffusion: SFT + temporal layers + time-aware encoder) or stage 2 (temporal VAE decoder).
 
-    mgld train --config configs/stage1.yaml init.sd_checkpoint=/weights/v2-1_512-ema-pruned.ckpt \
-        data.root=/data/REDS/train_sharp output_dir=runs/stage1 trainer.devices=8
-    mgld train --config configs/stage1.yaml output_dir=runs/stage1 --resume
+    mgld train --config stage1 init.sd_checkpoint=/weights/v2-1_512-ema-pruned.ckpt \
+        data.root=/data/REDS/train_sharp output_dir=runs/stage1 trainer.devices=8 trainer.strategy=ddp
+    mgld train --config stage1 output_dir=runs/stage1 --resume
 
 The stage comes from the config's ``stage`` key. Everything is configured in the YAML (schema:
 mgld/training/config.py); ``key=value`` overrides change any key. See mgld/training/runner.py for the run folder.
+Bad input (config, data, checkpoints, run folder) raises an exception with a one-line message naming the file or
+key, before any network is built; the command's top-level handler prints it.
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ overrides (key=value, OmegaConf dotlist, any key of the config; common ones):
   trainer.devices=N trainer.num_nodes=N trainer.strategy=ddp     multi-GPU / multi-node (Lightning DDP)
   trainer.precision=bf16-mixed   mixed precision; stage1.gradient_checkpointing=true saves memory
   data.batch_size=N optim.accumulate_grad_batches=N optim.lr=X
-  stage1.timesteps=frame stage1.train_temporal_norm=false stage1.mid_from_sd=false   the authors' stage-1 run
-  losses.consistency_variant=authors losses.flow.method=spynet   the authors' stage-2 loss
+  trainer.seed=N                 model init and the data stream (clip order, crops, degradations, noise, timesteps)
+
+configs: stage1 / stage2 are the authors' runs as released; stage1_fixed / stage2_fixed fix each quirk (named in
+their comments), so an ablation is one config against the other. tiny_stage1 / tiny_stage2: CPU smoke runs.
 
 examples:
-  mgld train --config configs/tiny_stage1.yaml data.root=clips output_dir=runs/tiny trainer.max_steps=4
-  mgld train --config configs/stage2.yaml --print-config losses.lpips=0
+  mgld train --config tiny_stage1 data.root=clips output_dir=runs/tiny trainer.max_steps=4
+  mgld train --config tiny_stage1 data.root=clips output_dir=runs/tiny2 trainer.devices=2 trainer.strategy=ddp
+  mgld train --config stage2 --print-config losses.lpips=0
 """
 
 
@@ -42,8 +47,9 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     parser.add_argument("--config", required=True, metavar="YAML",
                         help="training config: configs/stage1.yaml, configs/stage2.yaml or a tiny_* config")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run in output_dir from checkpoints/last.ckpt (same step, same optimizer "
-                             "state); without it, an output_dir that already holds a run is refused")
+                        help="continue the run in output_dir from its newest checkpoint that loads (damaged ones are "
+                             "skipped and named): same step, optimizer state and data stream, as if it had never "
+                             "stopped; without it, an output_dir that already holds a run is refused")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config (YAML, overrides applied) and exit without training")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
@@ -65,9 +71,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
+    from pytorch_lightning.utilities import rank_zero_only
+
     from mgld.training.runner import train
 
     run_dir = train(cfg, resume=args.resume)
-    print(f"run folder: {run_dir} (checkpoints/, tb/, weights/)")
+    if rank_zero_only.rank == 0:
+        print(f"run folder: {run_dir} (checkpoints/, tb/, weights/)")
     return 0
 

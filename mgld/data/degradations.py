@@ -7,10 +7,14 @@ clip**; the continuous parameters then take a random walk from frame to frame
 (``value += U(-step, step)``, clipped to the op's range), so the degradation drifts
 slowly along the clip as in RealBasicVSR.
 
-Numeric types follow the authors' pipeline (docs/training.md §2): frames stay ``uint8`` through
-blur and resize (OpenCV rounds and saturates), become ``float32`` after noise (values
-may leave [0, 255]), are saturated back to ``uint8`` by the JPEG encoder and stay
-``uint8`` through the codec, the final resize and the sinc filter.
+Numeric types follow the authors' pipeline (docs/training.md §2): frames stay ``uint8``
+through the stage-1 blur and resize (OpenCV rounds and saturates), become ``float32``
+after noise (values may leave [0, 255]), are saturated to ``uint8`` by the JPEG encoder
+and by the codec, and the codec hands back ``float32``. From there on every op works in
+``float32`` without rounding (stage-2 blur and resize, the final resize, the sinc
+filter); the clip is only clipped to [0, 255] at the end. ``quantize=True`` (the
+default of the call, for PNG test sets) then rounds to ``uint8``; training uses the
+unrounded ``float32`` as the authors do.
 
 Randomness comes only from the ``numpy.random.Generator`` passed to the call, so the
 same seed gives identical bytes. basicsr's kernel builders
@@ -18,10 +22,19 @@ same seed gives identical bytes. basicsr's kernel builders
 ``circular_lowpass_kernel``) make the kernels; the noise is drawn here because
 basicsr's noise helpers use numpy's global RNG, which would break per-clip seeding.
 
+As the authors' code (defaults; the ``fixed`` values are options):
+
+* generalised-Gaussian and plateau kernels use a shape β drawn uniformly between 1 and
+  the walked β, afresh for every frame (``blur.beta_variant: authors``; ``fixed`` uses
+  the walked β itself);
+* the codec is fed BGR arrays declared as ``rgb24``, so its RGB->YUV conversion uses
+  swapped channel weights (``codec.color_order: authors``; ``fixed`` feeds RGB);
+* random-resize sizes are ``int(h * scale)`` floored to even.
+
 Differences from the authors' code, on purpose:
 
-* Frames are RGB (the authors' are BGR). JPEG and the codec therefore see correctly
-  ordered colours; the gray Poisson noise keeps the authors' swapped channel weights
+* Frames are RGB (the authors' are BGR); JPEG sees correctly ordered colours (the same
+  bytes as theirs), and the gray Poisson noise keeps the authors' swapped channel weights
   (``COLOR_BGR2GRAY`` applied to RGB data, which is what their code computes).
 * The resize random walk is clipped to the stage's whole scale range
   (``scale_down[0]`` .. ``scale_up[1]``), for every mode including ``keep``.
@@ -30,7 +43,7 @@ Differences from the authors' code, on purpose:
   present in the PyAV wheels from PyPI).
 
 Shapes: frames are ``t h w 3`` uint8 RGB (an array or a list of ``h w 3`` arrays);
-the output is ``t h/scale w/scale 3`` uint8 RGB.
+the output is ``t h/scale w/scale 3`` RGB, uint8 (``quantize=True``) or float32 in [0, 255].
 """
 
 from __future__ import annotations
@@ -40,6 +53,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import av
 import cv2
@@ -82,6 +96,9 @@ class BlurConfig:
     beta_gaussian_step: float = 0.05
     beta_plateau_step: float = 0.1
     omega_step: float = 0.0628
+    # authors: the kernel's shape beta is drawn uniformly between 1 and the walked beta, afresh per frame (their
+    # kernel code gets the degenerate range [beta, beta]); fixed: the walked beta itself
+    beta_variant: Literal["authors", "fixed"] = "authors"
 
 
 @dataclass
@@ -95,7 +112,7 @@ class ResizeConfig:
     interpolations: tuple[str, ...] = ("bilinear", "area", "bicubic")  # keys of INTERPOLATIONS
     interpolation_probs: tuple[float, ...] = _THIRD
     scale_step: float = 0.015
-    even_size: bool = True  # round output sizes down to even numbers (the codec needs them)
+    even_size: bool = True  # floor output sizes to even numbers (the codec needs them)
 
 
 @dataclass
@@ -137,6 +154,9 @@ class CodecConfig:
     # 72x100); "asm=0" makes it bit-exact at ~2-4x the x264 encode time. The stream then differs
     # slightly from the SIMD one (same algorithm, other float rounding). "" = x264 defaults.
     x264_params: str = "asm=0"
+    # authors: the BGR arrays are declared rgb24 (the encoder's RGB->YUV weights land on swapped channels);
+    # fixed: RGB frames as rgb24
+    color_order: Literal["authors", "fixed"] = "authors"
 
 
 @dataclass
@@ -229,8 +249,16 @@ def make_kernel(kind: str, size: int, sigma_x: float, sigma_y: float, rotation: 
 # --------------------------------------------------------------------------------------------------
 
 
+def _shape_beta(rng: np.random.Generator, walked: float) -> float:
+    """The authors' per-frame shape: uniform between 1 and ``walked`` (their kernel code, handed the degenerate
+    range [walked, walked], draws U(walked, 1) or U(1, walked) on a coin: the same distribution)."""
+    lo, hi = sorted((1.0, float(walked)))
+    return float(rng.uniform(lo, hi))
+
+
 def apply_blur(frames: list[np.ndarray], rng: np.random.Generator, cfg: BlurConfig):
-    """Filter frame i with kernel i (uint8 in, uint8 out, OpenCV reflect-101 borders)."""
+    """Filter frame i with kernel i (OpenCV reflect-101 borders). Keeps the dtype: uint8 is rounded and saturated
+    by OpenCV, float32 is not."""
     n = len(frames)
     kind = _choice(rng, cfg.kernel_types, cfg.kernel_probs)
     size = int(rng.choice(cfg.kernel_sizes))
@@ -240,9 +268,13 @@ def apply_blur(frames: list[np.ndarray], rng: np.random.Generator, cfg: BlurConf
     sx = random_walk(rng, rng.uniform(*cfg.sigma), cfg.sigma_step, cfg.sigma, n)
     sy = random_walk(rng, rng.uniform(*cfg.sigma), cfg.sigma_step, cfg.sigma, n)
     rot = random_walk(rng, rng.uniform(*cfg.rotation), cfg.rotation_step, cfg.rotation, n)
-    beta = random_walk(rng, rng.uniform(*beta_range), beta_step, beta_range, n)
+    walked = random_walk(rng, rng.uniform(*beta_range), beta_step, beta_range, n)
     omega = random_walk(rng, rng.uniform(*omega_range), cfg.omega_step, omega_range, n)
-    out = [cv2.filter2D(_to_uint8(f), -1, make_kernel(kind, size, sx[i], sy[i], rot[i], beta[i], omega[i]))
+    shaped = kind.startswith(("generalized", "plateau"))
+    if cfg.beta_variant not in ("authors", "fixed"):
+        raise ValueError(f"blur.beta_variant must be 'authors' or 'fixed', got {cfg.beta_variant!r}")
+    beta = [_shape_beta(rng, b) for b in walked] if shaped and cfg.beta_variant == "authors" else walked
+    out = [cv2.filter2D(f, -1, make_kernel(kind, size, sx[i], sy[i], rot[i], beta[i], omega[i]))
            for i, f in enumerate(frames)]
     params = {"kernel_type": kind, "kernel_size": size}
     if kind == "sinc":
@@ -251,20 +283,23 @@ def apply_blur(frames: list[np.ndarray], rng: np.random.Generator, cfg: BlurConf
         params["sigma_x"] = sx
         if "aniso" in kind:
             params.update(sigma_y=sy, rotation=rot)
-        if kind.startswith(("generalized", "plateau")):
+        if shaped:
             params["beta"] = beta
+            if cfg.beta_variant == "authors":
+                params["beta_walk"] = walked
     return out, params
 
 
 def _scaled_size(h: int, w: int, scale: float, even: bool) -> tuple[int, int]:
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    """``int(side * scale)``, floored to even with ``even`` (the authors' sizes)."""
+    nh, nw = max(1, int(h * scale)), max(1, int(w * scale))
     if even:
         nh, nw = max(2, nh - nh % 2), max(2, nw - nw % 2)
     return nh, nw
 
 
 def apply_resize(frames: list[np.ndarray], rng: np.random.Generator, cfg: ResizeConfig):
-    """Resize frame i by scale i (relative to its own size); uint8 in, uint8 out."""
+    """Resize frame i by scale i (relative to its own size). Keeps the dtype (uint8 rounded by OpenCV)."""
     mode = _choice(rng, ("up", "down", "keep"), cfg.mode_probs)
     start = {"up": lambda: rng.uniform(*cfg.scale_up), "down": lambda: rng.uniform(*cfg.scale_down),
              "keep": lambda: 1.0}[mode]()
@@ -273,7 +308,7 @@ def apply_resize(frames: list[np.ndarray], rng: np.random.Generator, cfg: Resize
     out, sizes = [], []
     for f, s in zip(frames, scales):
         nh, nw = _scaled_size(f.shape[0], f.shape[1], s, cfg.even_size)
-        out.append(cv2.resize(_to_uint8(f), (nw, nh), interpolation=INTERPOLATIONS[interp]))
+        out.append(cv2.resize(f, (nw, nh), interpolation=INTERPOLATIONS[interp]))
         sizes.append([nh, nw])
     return out, {"mode": mode, "interpolation": interp, "scale": scales, "size_hw": sizes}
 
@@ -338,13 +373,19 @@ def available_codecs(codecs: Sequence[str]) -> list[str]:
 
 
 def codec_round_trip(frames: Sequence[np.ndarray], codec: str, bitrate: int,
-                     x264_params: str = "asm=0") -> tuple[list[np.ndarray], str]:
-    """Encode ``t h w 3`` uint8 RGB frames into an in-memory mp4 with ``codec`` and decode them.
+                     x264_params: str = "asm=0",
+                     color_order: Literal["authors", "fixed"] = "fixed") -> tuple[list[np.ndarray], str]:
+    """Encode ``t h w 3`` RGB frames (saturated to uint8) into an in-memory mp4 with ``codec`` and decode them.
 
     Every frame is rescaled (swscale bilinear) to the first frame's size, rounded down to even
     numbers because yuv420p needs them. ``x264_params`` goes to libx264 only (see
-    ``CodecConfig.x264_params``). Returns the decoded frames and the encoder's name.
+    ``CodecConfig.x264_params``). ``color_order="authors"`` hands the encoder the channels reversed
+    (the authors' BGR arrays declared ``rgb24``) and reverses the decoded frames back.
+    Returns the decoded frames (uint8 RGB) and the encoder's name.
     """
+    if color_order not in ("authors", "fixed"):
+        raise ValueError(f"codec.color_order must be 'authors' or 'fixed', got {color_order!r}")
+    swap = color_order == "authors"
     h, w = (frames[0].shape[0] // 2) * 2, (frames[0].shape[1] // 2) * 2
     encoder = av.codec.Codec(codec, "w").name
     options = {"x264-params": x264_params} if encoder == "libx264" and x264_params else {}
@@ -354,7 +395,8 @@ def codec_round_trip(frames: Sequence[np.ndarray], codec: str, bitrate: int,
         stream.width, stream.height, stream.pix_fmt, stream.bit_rate = w, h, "yuv420p", int(bitrate)
         stream.codec_context.thread_count = 1
         for f in frames:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(_to_uint8(f)), format="rgb24")
+            f = _to_uint8(f)
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(f[..., ::-1] if swap else f), format="rgb24")
             frame = frame.reformat(width=w, height=h, format="yuv420p", interpolation="BILINEAR")
             frame.pict_type = av.video.frame.PictureType.NONE
             container.mux(stream.encode(frame))
@@ -362,28 +404,31 @@ def codec_round_trip(frames: Sequence[np.ndarray], codec: str, bitrate: int,
     buf.seek(0)
     with av.open(buf, "r", format="mp4") as container:
         out = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    if swap:
+        out = [np.ascontiguousarray(f[..., ::-1]) for f in out]
     if len(out) != len(frames):
         raise RuntimeError(f"codec {codec!r} returned {len(out)} frames for {len(frames)}")
     return out, encoder
 
 
 def apply_codec(frames: list[np.ndarray], rng: np.random.Generator, cfg: CodecConfig):
-    """Round-trip the clip through a randomly chosen codec at a random bitrate."""
+    """Round-trip the clip through a randomly chosen codec at a random bitrate; float32 out (as the authors')."""
     names = available_codecs(cfg.codecs)
     if not names:
         raise RuntimeError(f"none of the video codecs {cfg.codecs} can encode in this PyAV build")
     probs = [p for c, p in zip(cfg.codecs, cfg.codec_probs) if c in names]
     codec = _choice(rng, names, probs)
     bitrate = int(rng.integers(cfg.bitrate[0], cfg.bitrate[1], endpoint=True))
-    out, encoder = codec_round_trip(frames, codec, bitrate, cfg.x264_params)
-    return out, {"codec": codec, "encoder": encoder, "bitrate": bitrate}
+    out, encoder = codec_round_trip(frames, codec, bitrate, cfg.x264_params, cfg.color_order)
+    return [f.astype(np.float32) for f in out], {"codec": codec, "encoder": encoder, "bitrate": bitrate}
 
 
 def apply_final(frames: list[np.ndarray], rng: np.random.Generator, cfg: FinalConfig,
                 size: tuple[int, int]):
-    """Resize every frame to ``size`` (h, w); then, with ``sinc_prob``, a random-walked sinc filter."""
+    """Resize every frame to ``size`` (h, w); then, with ``sinc_prob``, a random-walked sinc filter.
+    Keeps the dtype (float32 after the codec: unrounded)."""
     interp = _choice(rng, cfg.interpolations, cfg.interpolation_probs)
-    out = [cv2.resize(_to_uint8(f), (size[1], size[0]), interpolation=INTERPOLATIONS[interp]) for f in frames]
+    out = [cv2.resize(f, (size[1], size[0]), interpolation=INTERPOLATIONS[interp]) for f in frames]
     params: dict = {"interpolation": interp, "size_hw": list(size), "sinc": None}
     if rng.random() < cfg.sinc_prob:
         ksize = int(rng.choice(cfg.sinc_kernel_sizes))
@@ -413,10 +458,12 @@ class RealBasicVSRDegradation:
             ``config.final.scale`` unless ``config.final.size`` is set.
         rng: the only source of randomness (``np.random.default_rng(seed)``).
         return_params: also return the sampled parameters as a JSON-ready dict.
+        quantize: round the result to uint8 (test sets written as PNG); False returns the
+            authors' training LQ, float32 in [0, 255], clipped but not rounded.
 
     Returns:
-        ``t h' w' 3`` uint8 RGB, ``(h', w') = final.size or (h // scale, w // scale)``
-        (and the parameters dict when asked).
+        ``t h' w' 3`` RGB, uint8 or float32 (``quantize``),
+        ``(h', w') = final.size or (h // scale, w // scale)`` (and the parameters dict when asked).
     """
 
     def __init__(self, config: DegradationConfig | None = None):
@@ -433,7 +480,7 @@ class RealBasicVSRDegradation:
             raise ValueError(f"frame size {h}x{w} is not a multiple of the scale {cfg.scale}")
         return h // cfg.scale, w // cfg.scale
 
-    def __call__(self, frames, rng: np.random.Generator, *, return_params: bool = False):
+    def __call__(self, frames, rng: np.random.Generator, *, return_params: bool = False, quantize: bool = True):
         clip = _as_frame_list(frames)
         size = self.output_size(*clip[0].shape[:2])
         params: dict = {}
@@ -446,7 +493,9 @@ class RealBasicVSRDegradation:
                 else:
                     params[stage_name][op_name] = None
         clip, params["final"] = apply_final(clip, rng, self.config.final, size)
-        lq = np.stack([_to_uint8(f) for f in clip])
+        lq = np.clip(np.stack(clip).astype(np.float32), 0, 255)  # the authors clip once, at the end
+        if quantize:
+            lq = _to_uint8(lq)
         return (lq, params) if return_params else lq
 
     def config_dict(self) -> dict:
@@ -464,6 +513,16 @@ def _as_frame_list(frames) -> list[np.ndarray]:
         if f.shape != clip[0].shape:
             raise ValueError(f"frame {i} has shape {f.shape}, frame 0 has {clip[0].shape}")
     return clip
+
+
+@dataclass
+class USMConfig:
+    """Unsharp masking of the GT (docs/training.md §2); arguments of :func:`usm_sharpen`."""
+
+    enabled: bool = True
+    weight: float = 0.5
+    radius: int = 51
+    threshold: float = 10.0
 
 
 def usm_sharpen(frames: np.ndarray, weight: float = 0.5, radius: int = 51, threshold: float = 10) -> np.ndarray:

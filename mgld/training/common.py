@@ -1,7 +1,8 @@
 """What both training systems share: input preparation, lean checkpoints and TensorBoard image strips.
 
 * :func:`prepare_clips`: dataset batches ``b t 3 H W`` in [0, 1] -> frames ``(b t) 3 H W`` in [-1, 1], the LQ
-  bicubic-upsampled to the GT size and clamped (docs/training.md §3).
+  bicubic-upsampled to the GT size; clamped to [-1, 1] in stage 1, not in stage 2 (as the authors,
+  docs/training.md §3, §5).
 * :class:`TrainingSystem`: a ``LightningModule`` whose checkpoints leave out the loss networks (LPIPS, flow) and,
   when the frozen weights come from a file (``checkpoint_frozen=False``), the frozen weights too: a full-size
   stage-1 checkpoint then holds the 122 M trained parameters and their optimizer state instead of ~1.1 B. The
@@ -21,14 +22,16 @@ from einops import rearrange
 from torch import Tensor
 
 
-def prepare_clips(gt: Tensor, lq: Tensor) -> tuple[Tensor, Tensor]:
-    """gt ``b t 3 H W``, lq ``b t 3 h w`` in [0, 1] -> (gt, bicubic-upsampled lq), each ``(b t) 3 H W`` in [-1, 1]."""
+def prepare_clips(gt: Tensor, lq: Tensor, clamp_lq: bool = True) -> tuple[Tensor, Tensor]:
+    """gt ``b t 3 H W``, lq ``b t 3 h w`` in [0, 1] -> (gt, bicubic-upsampled lq), each ``(b t) 3 H W`` in [-1, 1]
+    (the upsampled LQ overshoots that range a little unless ``clamp_lq``)."""
     if gt.ndim != 5 or lq.ndim != 5 or gt.shape[:3] != lq.shape[:3]:
         raise ValueError(f"expected gt and lq as b t 3 h w clips, got {tuple(gt.shape)} and {tuple(lq.shape)}")
     x_gt = rearrange(gt, "b t c h w -> (b t) c h w") * 2 - 1
     x_lq = rearrange(lq, "b t c h w -> (b t) c h w")
     x_lq = F.interpolate(x_lq, size=gt.shape[-2:], mode="bicubic", align_corners=False)
-    return x_gt.clamp(-1, 1), (x_lq * 2 - 1).clamp(-1, 1)
+    x_lq = x_lq * 2 - 1
+    return x_gt.clamp(-1, 1), x_lq.clamp(-1, 1) if clamp_lq else x_lq
 
 
 def clip_strip(rows: Sequence[Tensor]) -> Tensor:

@@ -26,7 +26,7 @@ from mgld.config import (
     read_yaml,
     resolve_config,
 )
-from mgld.data.degradations import DegradationConfig
+from mgld.data.degradations import DegradationConfig, USMConfig
 from mgld.data.reds import REDS4
 
 
@@ -35,21 +35,13 @@ def _reds4() -> list[str]:
 
 
 @dataclass
-class USMConfig:
-    """Unsharp masking of the GT (docs/training.md §2)."""
-
-    enabled: bool = True
-    weight: float = 0.5
-    radius: int = 51
-    threshold: float = 10.0
-
-
-@dataclass
 class Stage1DataConfig:
     """REDS-style clips degraded on the fly (:class:`mgld.data.reds.REDSClipDataset`)."""
 
     root: str = "data/REDS/train_sharp"
     exclude: list[str] = field(default_factory=_reds4)
+    exclude_by: Literal["name", "prefix"] = "name"  # the authors' val_partition: exact clip names
+    verify_frames: bool = True  # rank 0 checks every frame file before training (else headers only)
     interval: int = 1
     crop_size: int = 512
     use_flip: bool = True
@@ -59,7 +51,6 @@ class Stage1DataConfig:
     scale: int = 4
     batch_size: int = 1
     num_workers: int = 6
-    seed: int | None = None  # fixes every item's randomness (item i is always the same clip)
 
 
 @dataclass
@@ -69,6 +60,8 @@ class Stage2DataConfig:
     root: str = "data/REDS/train_sharp_sub"
     generated_root: str = "data/REDS/stage1_generated"  # holds lq/ and latents/
     exclude: list[str] = field(default_factory=_reds4)
+    exclude_by: Literal["name", "prefix"] = "prefix"  # the authors: 000 removes the sub-images 000_s001..000_s008
+    verify_frames: bool = True
     batch_size: int = 1
     num_workers: int = 6
 
@@ -89,16 +82,20 @@ class OptimConfig:
     accumulate_grad_batches: int = 4
 
 
+Precision = Literal["32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true"]
+
+
 @dataclass
 class TrainerConfig:
-    """Lightning ``Trainer`` settings and run logistics."""
+    """Lightning ``Trainer`` settings and run logistics. ``seed`` also seeds the data stream: the order of the
+    clips and every per-sample draw (:class:`mgld.training.data.ClipStreamSampler`)."""
 
     max_steps: int = 800_000
-    accelerator: str = "auto"
-    devices: Any = "auto"
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"] = "auto"
+    devices: Any = "auto"  # int, list of device ids or "auto"
     num_nodes: int = 1
-    strategy: str = "auto"
-    precision: str = "32-true"
+    strategy: str = "auto"  # any Lightning strategy name (ddp, ddp_find_unused_parameters_true, fsdp, ...)
+    precision: Precision = "32-true"
     checkpoint_every_n_steps: int = 3000
     log_every_n_steps: int = 50
     image_every_n_steps: int = 1000
@@ -107,18 +104,20 @@ class TrainerConfig:
 
 @dataclass
 class Stage1Options:
-    """Stage-1 switches; the values marked ``authors`` reproduce the authors' run (docs/differences.md)."""
+    """Stage-1 switches; the defaults reproduce the authors' run, configs/stage1_fixed.yaml has the fixes
+    (docs/differences.md)."""
 
-    timesteps: Literal["clip", "frame"] = "clip"  # authors: "frame" (one timestep per frame)
-    train_temporal_norm: bool = True  # authors: False (the LayerNorm stayed frozen)
-    mid_from_sd: bool = True  # authors: False (shifted middle-block slots left random)
+    timesteps: Literal["clip", "frame"] = "frame"  # authors: one timestep per frame; clip: one per clip (inference)
+    train_temporal_norm: bool = False  # authors: the temporal attention's LayerNorm stayed frozen at its init
+    mid_from_sd: bool = False  # authors: the shifted middle-block slots stayed random; True loads SD's
     gradient_checkpointing: bool = False
 
 
 @dataclass
 class FlowLossConfig:
     method: Literal["spynet", "raft", "dis"] = "spynet"
-    weights: str | None = None  # None: the estimator's default file in torch hub's cache
+    weights: str | None = None  # None: the estimator's default file in torch hub's cache; "random": a randomly
+    # initialised SpyNet (smoke runs without the weight file: the flow is meaningless)
 
 
 @dataclass
@@ -131,7 +130,7 @@ class LossConfig:
     lpips_backbone: str | None = None  # torchvision ImageNet weights file; None: torch hub's cache
     frame_difference: float = 0.5
     consistency: float = 0.5
-    consistency_variant: Literal["fixed", "authors"] = "fixed"
+    consistency_variant: Literal["authors", "fixed"] = "authors"
     sobel_weight: float = 3.0
     flow: FlowLossConfig = field(default_factory=FlowLossConfig)
     gan: float = 0.025
@@ -143,6 +142,9 @@ class LossConfig:
 class DiscriminatorConfig:
     base_channels: int = 64
     num_layers: int = 3
+    # False (authors): each process normalises over its own frames (their DDP); True: BatchNorm statistics over
+    # the global batch (any backend, CPU too), so N processes x batch b train as 1 process x batch N*b
+    sync_batchnorm: bool = False
 
 
 @dataclass
@@ -199,19 +201,47 @@ TrainConfig = Stage1TrainConfig | Stage2TrainConfig
 SCHEMAS = {1: Stage1TrainConfig, 2: Stage2TrainConfig}
 
 
+class ConfigError(ValueError):
+    """A training config that cannot be loaded; the one-line message names the file and the key."""
+
+
 def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    """A training config; the schema is chosen by the ``stage`` key of the file (after its ``_base_`` files)."""
+    """A training config; the schema is chosen by the ``stage`` key of the file (after its ``_base_`` files).
+
+    Every problem (missing file, invalid YAML, unknown key, wrong type or value, override without ``=``) raises
+    :class:`ConfigError` (or ``FileNotFoundError``) with a one-line message naming the file and the key.
+    """
+    from omegaconf.errors import OmegaConfBaseException
+    from yaml import YAMLError
+
     path = resolve_config(path)
-    stage = read_yaml(path).get("stage")
-    if stage not in SCHEMAS:
-        raise ValueError(f"{path}: 'stage' must be 1 or 2 (got {stage!r})")
-    cfg = load_config(path, overrides, schema=SCHEMAS[stage])
+    overrides = list(overrides or [])
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"overrides must be key=value, got {bad}")
+    try:
+        stage = read_yaml(path).get("stage")
+        if stage not in SCHEMAS:
+            raise ConfigError(f"{path}: 'stage' must be 1 or 2 (got {stage!r})")
+        cfg = load_config(path, overrides, schema=SCHEMAS[stage])
+    except YAMLError as err:
+        where = f"{path} or an override" if overrides else str(path)
+        raise ConfigError(f"invalid YAML in {where} ({_one_line(err)})") from err
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None)
+        raise ConfigError(f"{path}{' (with overrides)' if overrides else ''}: {key or 'config'}: "
+                          f"{_one_line(getattr(err, 'msg', None) or err)}") from err
     if cfg.stage != stage:
-        raise ValueError(f"the 'stage' key cannot be overridden ({stage} in {path}, {cfg.stage} given)")
+        raise ConfigError(f"the 'stage' key cannot be overridden ({stage} in {path}, {cfg.stage} given)")
     return cfg
 
 
+def _one_line(err: object) -> str:
+    return " ".join(str(err).strip().splitlines()[0].split())
+
+
 __all__ = [
+    "ConfigError",
     "DiscriminatorConfig",
     "FlowLossConfig",
     "InitConfig",

@@ -1,4 +1,16 @@
-"""Data plumbing for training: the ``LightningDataModule`` and synthetic clip folders for tests and smoke runs.
+"""Data plumbing for training: the data stream, the ``LightningDataModule``, synthetic clip folders for tests.
+
+:class:`ClipStreamSampler` is the run's data order: an endless stream of global micro-batches of ``B`` clips
+(``B = batch_size x processes``). Epoch ``e`` is the permutation ``default_rng([seed, e])`` of the dataset (an
+incomplete last global batch is dropped); global micro-batch ``k`` holds the clips at epoch positions
+``kB .. kB + B - 1`` and process ``r`` takes its ``batch_size`` consecutive ones. Each clip is handed to the
+dataset as a :class:`mgld.data.reds.Draw` carrying its global sample number ``kB + r·batch_size + j``, from which
+the dataset derives the crop, flip and degradation and the training step its noise and timesteps. Hence
+
+* 2 processes x batch b see the same clips with the same draws, in the same optimizer steps, as 1 process x
+  batch 2b (DDP averages the two halves' gradients: the same mean), and
+* the stream starts at micro-batch ``global_step x accumulate_grad_batches``, so a resumed run continues with
+  exactly the clips and draws an uninterrupted run would have used.
 
 :func:`write_synthetic_sequences` writes a REDS-like folder (``root/<seq>/<frame:08d>.png``) of moving textures:
 a smooth random texture with sharp-edged shapes, translated by a constant sub-pixel velocity per sequence, so
@@ -9,31 +21,82 @@ latents: enough to exercise stage 2, not a substitute for ``mgld generate-latent
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from mgld.data.reds import list_sequences, read_frame
+from mgld.data.reds import Draw, list_sequences, read_frame
 from mgld.data.stage2 import LATENT_SUFFIX
+from mgld.io.frames import FrameWriter, InputError
+
+
+class ClipStreamSampler(Sampler):
+    """The endless stream of :class:`Draw` of one process (module docstring).
+
+    ``start_batch``: the first global micro-batch to yield (set on resume).
+    """
+
+    def __init__(self, num_items: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 start_batch: int = 0):
+        global_batch = batch_size * world_size
+        if num_items < global_batch:
+            raise InputError(f"{num_items} clips are fewer than one global batch of {global_batch} "
+                             f"(data.batch_size={batch_size} x {world_size} processes)")
+        self.num_items, self.batch_size, self.rank, self.world_size = num_items, batch_size, rank, world_size
+        self.seed, self.start_batch = seed, start_batch
+        self.batches_per_epoch = num_items // global_batch
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        """The clip order of ``epoch`` (cached: one epoch at a time)."""
+        if getattr(self, "_epoch", None) != epoch:
+            self._epoch, self._order = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.num_items)
+        return self._order
+
+    def draws(self, batch: int) -> list[Draw]:
+        """This process's clips of global micro-batch ``batch``."""
+        epoch, k = divmod(batch, self.batches_per_epoch)
+        order = self.permutation(epoch)
+        global_batch = self.batch_size * self.world_size
+        first = self.rank * self.batch_size
+        return [Draw(int(order[k * global_batch + first + j]), self.seed, batch * global_batch + first + j, batch)
+                for j in range(self.batch_size)]
+
+    def __iter__(self) -> Iterator[Draw]:
+        batch = self.start_batch
+        while True:
+            yield from self.draws(batch)
+            batch += 1
 
 
 class ClipDataModule(pl.LightningDataModule):
-    """Shuffled training batches ``b t c h w`` of a clip dataset (incomplete last batches dropped)."""
+    """Training batches ``b t c h w`` of a clip dataset in the order of :class:`ClipStreamSampler`.
 
-    def __init__(self, dataset: Dataset, batch_size: int = 1, num_workers: int = 0):
+    The stream is split by the trainer's rank and world size and starts at micro-batch
+    ``trainer.global_step x accumulate_grad_batches`` (0 on a fresh run). Used with
+    ``Trainer(use_distributed_sampler=False)``: the sampler does the split itself.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int = 1, num_workers: int = 0, seed: int = 0,
+                 accumulate_grad_batches: int = 1):
         super().__init__()
         self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
+        self.seed, self.accumulate_grad_batches = seed, accumulate_grad_batches
+        self.sampler: ClipStreamSampler | None = None
 
     def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        start = trainer.global_step * self.accumulate_grad_batches if trainer is not None else 0
+        self.sampler = ClipStreamSampler(len(self.dataset), self.batch_size, rank, world, self.seed, start)
         return DataLoader(
             self.dataset,
             batch_size=self.batch_size,
-            shuffle=True,
+            sampler=self.sampler,
             num_workers=self.num_workers,
-            drop_last=True,
             persistent_workers=self.num_workers > 0,
         )
 
@@ -77,10 +140,9 @@ def write_synthetic_sequences(
     root = Path(root)
     rng = np.random.default_rng(seed)
     for k in range(num_sequences):
-        folder = root / f"{first_index + k:03d}"
-        folder.mkdir(parents=True, exist_ok=True)
+        writer = FrameWriter(root / f"{first_index + k:03d}", [f"{i:08d}.png" for i in range(num_frames)])
         for i, frame in enumerate(moving_texture(num_frames, size, rng)):
-            cv2.imwrite(str(folder / f"{i:08d}.png"), frame[..., ::-1])
+            writer.write(i, frame)
     return root
 
 
@@ -93,17 +155,17 @@ def write_synthetic_stage2(
     out_root = Path(out_root)
     lq_root, latent_root = out_root / "lq", out_root / "latents"
     rng = np.random.default_rng(seed)
-    for name, frames in list_sequences(gt_root, exclude).items():
-        (lq_root / name).mkdir(parents=True, exist_ok=True)
+    for name, seq in list_sequences(gt_root, exclude).items():
         (latent_root / name).mkdir(parents=True, exist_ok=True)
-        for path in frames:
+        writer = FrameWriter(lq_root / name, [f"{p.stem}.png" for p in seq.frames])
+        for i, path in enumerate(seq.frames):
             gt = read_frame(path)
             h, w = gt.shape[:2]
-            lq = cv2.resize(gt, (w // scale, h // scale), interpolation=cv2.INTER_CUBIC)
-            cv2.imwrite(str(lq_root / name / f"{path.stem}.png"), lq[..., ::-1])
+            writer.write(i, cv2.resize(gt, (w // scale, h // scale), interpolation=cv2.INTER_CUBIC))
             latent = rng.standard_normal((latent_channels, h // 8, w // 8)).astype(np.float32)
             np.save(latent_root / name / f"{path.stem}{LATENT_SUFFIX}", latent)
     return lq_root, latent_root
 
 
-__all__ = ["ClipDataModule", "moving_texture", "write_synthetic_sequences", "write_synthetic_stage2"]
+__all__ = ["ClipDataModule", "ClipStreamSampler", "moving_texture", "write_synthetic_sequences",
+           "write_synthetic_stage2"]

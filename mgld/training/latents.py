@@ -8,9 +8,13 @@ as :class:`mgld.data.stage2.Stage2ClipDataset` reads them), :func:`generate_late
     out/preview/<seq>/<frame>.png     those latents decoded (for inspection only)
 
 The authors' script for the LQ folder is missing (docs/differences.md); here the LQ comes from the same degradation as
-stage 1, and the sampler is the inference pipeline's (:mod:`mgld.pipeline.pipeline`) at scale exactly 4, so the latent
-grid is GT/8. Files are written atomically and the latents last, so a killed run resumes at the first segment
-whose latents are incomplete.
+stage 1 (rounded to 8 bits, as a PNG must be; the latents are sampled from the frames as written), and the sampler
+is the inference pipeline's (:mod:`mgld.pipeline.pipeline`) at scale exactly 4, so the latent grid is GT/8. The
+config's inference sections choose how it samples; configs/stage1.yaml sets the authors' ``w_latent`` script:
+guidance scale 1, 200 steps, RAFT on the upsampled 512-px frames, bilinear LQ upsampling (docs/training.md §4).
+Sequences are listed as the stage-2 dataset lists them (natural order, REDS4 excluded by prefix by default).
+Files are written atomically and the latents last, so a killed run resumes at the first segment whose latents
+are incomplete.
 """
 
 from __future__ import annotations
@@ -20,26 +24,17 @@ import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
-import torch
 from torch import Tensor
 
 from mgld.data.degradations import RealBasicVSRDegradation
-from mgld.data.reds import bicubic_downscale, list_sequences, read_clip
+from mgld.data.reds import ExcludeBy, bicubic_downscale, list_sequences, read_clip, to_tensor
 from mgld.data.stage2 import LATENT_SUFFIX
 from mgld.io.atomic import atomic_write
+from mgld.io.frames import FrameWriter
 from mgld.pipeline.pipeline import MGLDPipeline
 
 log = logging.getLogger(__name__)
-
-
-def write_png(path: Path, frame: np.ndarray) -> None:
-    """``H W 3`` uint8 RGB -> PNG, atomically."""
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(frame[..., ::-1]))
-    if not ok:
-        raise OSError(f"could not encode {path}")
-    atomic_write(path, buf.tobytes())
 
 
 def write_latent(path: Path, latent: np.ndarray) -> None:
@@ -70,14 +65,19 @@ def generate_latents(
     exclude: Sequence[str] = (),
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    exclude_by: ExcludeBy = "prefix",
 ) -> dict[str, int]:
     """Write LQ frames, latents and previews for every segment of ``gt_root`` (module docstring).
 
-    ``degradation`` None: clean bicubic x1/4 LQ. Returns ``{"done": n, "skipped": m}`` (segments).
+    ``degradation`` None: clean bicubic x1/4 LQ. ``exclude``/``exclude_by``: sequences left out (the stage-2
+    dataset's rule, by prefix). Returns ``{"done": n, "skipped": m}`` (segments).
     """
     out_root = Path(out_root)
     counts = {"done": 0, "skipped": 0}
-    for name, frames in list_sequences(gt_root, exclude, min_frames=num_frames).items():
+    for name, seq in list_sequences(gt_root, exclude, num_frames, exclude_by).items():
+        frames = seq.frames
+        names = [f"{p.stem}.png" for p in frames]
+        lq_writer, preview_writer = FrameWriter(out_root / "lq" / name, names), None
         for start in range(0, len(frames) - num_frames + 1, num_frames):
             segment = frames[start : start + num_frames]
             latent_paths = [out_root / "latents" / name / f"{p.stem}{LATENT_SUFFIX}" for p in segment]
@@ -89,12 +89,11 @@ def generate_latents(
                 raise ValueError(f"{segment[0]}: GT size {gt.shape[2]}x{gt.shape[1]} is not a multiple of 8")
             rng = np.random.default_rng((seed, zlib.crc32(name.encode()), start))
             lq = degradation(gt, rng) if degradation is not None else bicubic_downscale(gt, 4)
-            lq_tensor = torch.from_numpy(lq).permute(0, 3, 1, 2).float() / 255
-            latents, preview = sample_clip_latents(pipe, lq_tensor, range(start, start + num_frames))
-            preview_u8 = (preview * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-            for i, path in enumerate(segment):
-                write_png(out_root / "lq" / name / f"{path.stem}.png", lq[i])
-                write_png(out_root / "preview" / name / f"{path.stem}.png", preview_u8[i])
+            latents, preview = sample_clip_latents(pipe, to_tensor(lq), range(start, start + num_frames))
+            preview_writer = preview_writer or FrameWriter(out_root / "preview" / name, names)
+            for i in range(num_frames):
+                lq_writer.write(start + i, lq[i])
+                preview_writer.write(start + i, preview[i])
             for latent, path in zip(latents.cpu().numpy(), latent_paths):  # last: marks the segment done
                 write_latent(path, latent)
             counts["done"] += 1
@@ -103,4 +102,4 @@ def generate_latents(
     return counts
 
 
-__all__ = ["generate_latents", "sample_clip_latents", "write_latent", "write_png"]
+__all__ = ["generate_latents", "sample_clip_latents", "write_latent"]

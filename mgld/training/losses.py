@@ -36,7 +36,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from mgld.diffusion.guidance import warping_loss
-from mgld.flow import FlowEstimator, build_flow_estimator, occlusion_mask
+from mgld.flow import FlowEstimator, build_flow_estimator, occlusion_mask, resize_flow
 
 ConsistencyVariant = Literal["fixed", "authors"]
 _TORCHVISION_BACKBONES = {"vgg": "VGG16_Weights", "alex": "AlexNet_Weights"}
@@ -212,14 +212,24 @@ def _clip_flows(frames: Tensor, num_frames: int, estimator: FlowEstimator) -> tu
 
 
 class _DifferentiableSpyNet(nn.Module):
-    """basicsr's SpyNet called without ``no_grad``, so gradients reach the frames through the flow."""
+    """basicsr's SpyNet called without ``no_grad``, so gradients reach the frames through the flow.
+
+    SpyNet's six-level pyramid needs at least 64 px; smaller frames (tiny smoke runs) are upsampled to 64 and the
+    flow resized back (:func:`mgld.flow.resize_flow`). Frames of 64 px and more go through unchanged."""
+
+    min_size = 64
 
     def __init__(self, spynet: nn.Module):
         super().__init__()
         self.model = spynet.eval().requires_grad_(False)
 
     def forward(self, ref: Tensor, sup: Tensor) -> Tensor:
-        return self.model(ref, sup)
+        h, w = ref.shape[-2:]
+        if min(h, w) >= self.min_size:
+            return self.model(ref, sup)
+        size = (max(h, self.min_size), max(w, self.min_size))
+        up = [F.interpolate(x, size=size, mode="bilinear", align_corners=False) for x in (ref, sup)]
+        return resize_flow(self.model(*up), (h, w))
 
 
 def build_loss_flow_estimator(
@@ -229,8 +239,20 @@ def build_loss_flow_estimator(
 
     ``differentiable=True`` (needed by the authors' variant, whose gradient flows through the flow of x̂)
     is only available for SpyNet: :mod:`mgld.flow`'s estimators run under ``no_grad``, so its inner basicsr
-    module is called directly.
+    module is called directly. ``weights="random"`` (SpyNet only) builds a randomly initialised SpyNet, for smoke
+    runs without the weight file (configs/tiny_stage2.yaml): the flow is meaningless but every code path runs.
     """
+    if weights == "random":
+        if method != "spynet":
+            raise ValueError(f"losses.flow.weights=random is only available for SpyNet, not {method!r}")
+        from mgld._compat import import_basicsr
+
+        spynet = import_basicsr("basicsr.archs.spynet_arch").SpyNet(load_path=None)
+        with torch.no_grad():  # small random flows (a few px), so that not every pixel is occluded
+            for level in spynet.basic_module:
+                level.basic_module[-1].weight.mul_(0.01)
+                level.basic_module[-1].bias.zero_()
+        return _DifferentiableSpyNet(spynet)
     estimator = build_flow_estimator(method, weights)
     if not differentiable:
         return estimator

@@ -2,26 +2,34 @@
 
 ``build_stage1(cfg)`` / ``build_stage2(cfg)`` return ``(system, datamodule)``. They check everything that can be
 wrong with the inputs *before* any network is built, in this order: the dataset (folder exists, holds usable
-sequences, enough clips for one batch), the SD checkpoint (file or diffusers folder exists and its tensors fit
-the configured networks, checked against models on the ``meta`` device), an ``init.weights`` folder, then the
-loss networks' weight files (stage 2).
+sequences whose frames decode (``data.verify_frames``, on rank 0) and are not smaller than the crop, enough clips
+for one batch), the SD checkpoint (file or diffusers folder exists and its tensors fit the configured networks,
+checked against models on the ``meta`` device), an ``init.weights`` folder, then the loss networks' weight files
+(stage 2). Every problem raises an exception whose one-line message names the file or the config key.
 
 ``train(cfg, resume)`` runs a config in its run folder ``cfg.output_dir``::
 
     output_dir/config.yaml                    the resolved config
     output_dir/checkpoints/stepNNNNNNNN.ckpt  every trainer.checkpoint_every_n_steps steps and at the end
-    output_dir/checkpoints/last.ckpt          the latest; --resume continues from it (same step, optimizer state)
+    output_dir/checkpoints/last.ckpt          the latest
     output_dir/tb/                            TensorBoard: losses, learning rate, image strips
     output_dir/weights/                       the trained model as a converted mgld folder (mgld.weights.checkpoints)
 
+Checkpoints are written atomically (:mod:`mgld.training.checkpointing`); ``resume=True`` continues from the newest
+one that loads (saying which it skipped and why) with the same step, optimizer state and data stream, so the run
+goes on as if it had never stopped (:mod:`mgld.training.data`). The run folder is created only once every input
+has been checked and the networks are built; a run that fails before its first checkpoint removes it again.
+Only global rank 0 writes the run folder, checkpoints and TensorBoard.
+
 Multi-GPU / multi-node: ``trainer.devices``, ``trainer.num_nodes``, ``trainer.strategy`` go to Lightning as they
-are (e.g. ``devices=8 strategy=ddp``; stage 2 needs ``ddp_find_unused_parameters_true`` before ``disc_start``).
+are (e.g. ``devices=8 strategy=ddp``, both stages); launch lines for torchrun and SLURM: docs/training.md.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,17 +40,25 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from mgld.config import ModelConfig, to_yaml
-from mgld.data.degradations import RealBasicVSRDegradation
 from mgld.data.reds import REDSClipDataset
 from mgld.data.stage2 import Stage2ClipDataset
+from mgld.io.atomic import atomic_write
+from mgld.io.frames import InputError
 from mgld.models import build_denoiser, build_vae
 from mgld.models.discriminator import PatchDiscriminator
 from mgld.models.unet import sd_unet_kwargs
+from mgld.training.checkpointing import (
+    AtomicCheckpointIO,
+    checkpoint_candidates,
+    find_resume_checkpoint,
+    remove_stale_temporaries,
+)
 from mgld.training.config import Stage1TrainConfig, Stage2TrainConfig, TrainConfig
 from mgld.training.data import ClipDataModule
+from mgld.training.distributed import convert_global_batchnorm
 from mgld.training.losses import LPIPSLoss, build_loss_flow_estimator
 from mgld.training.stage1 import Stage1System
-from mgld.training.stage2 import Stage2Loss, Stage2System
+from mgld.training.stage2 import Stage2System
 from mgld.weights import checkpoints as ckpt
 from mgld.weights import convert
 from mgld.weights.loading import (
@@ -63,7 +79,12 @@ log = logging.getLogger(__name__)
 
 def _check_batches(dataset, batch_size: int, what: str) -> None:
     if len(dataset) < batch_size:
-        raise ValueError(f"{what}: {len(dataset)} clips, fewer than one batch of {batch_size}")
+        raise InputError(f"{what}: {len(dataset)} clips, fewer than one batch of data.batch_size={batch_size}")
+
+
+def _verify_here(data) -> bool:
+    """Full frame checks on global rank 0 only (the other processes read the headers)."""
+    return bool(data.verify_frames) and rank_zero_only.rank == 0
 
 
 def check_sd_checkpoint(source: str | Path, model: ModelConfig, parts: tuple[str, ...]) -> None:
@@ -132,16 +153,14 @@ def _check_init(cfg: TrainConfig, parts: tuple[str, ...], weights_part: str) -> 
 
 
 def build_stage1_dataset(cfg: Stage1TrainConfig) -> REDSClipDataset:
-    data = cfg.data
-    dataset = REDSClipDataset(
-        data.root, num_frames=cfg.model.num_frames, interval=data.interval, crop_size=data.crop_size,
-        exclude=data.exclude, use_flip=data.use_flip, usm=data.usm.enabled, usm_weight=data.usm.weight,
-        usm_radius=data.usm.radius, usm_threshold=data.usm.threshold,
-        degradation=RealBasicVSRDegradation(data.degradation) if data.degrade else None,
-        scale=data.scale, seed=data.seed,
-    )
-    _check_batches(dataset, data.batch_size, f"data.root={data.root}")
+    dataset = REDSClipDataset.from_config(cfg.data, cfg.model.num_frames, verify=_verify_here(cfg.data))
+    _check_batches(dataset, cfg.data.batch_size, f"data.root={cfg.data.root}")
     return dataset
+
+
+def _datamodule(cfg: TrainConfig, dataset) -> ClipDataModule:
+    return ClipDataModule(dataset, cfg.data.batch_size, cfg.data.num_workers, cfg.trainer.seed,
+                          cfg.optim.accumulate_grad_batches)
 
 
 def build_stage1(cfg: Stage1TrainConfig) -> tuple[Stage1System, ClipDataModule]:
@@ -156,20 +175,14 @@ def build_stage1(cfg: Stage1TrainConfig) -> tuple[Stage1System, ClipDataModule]:
     else:
         denoiser = build_denoiser(cfg.model)
     vae = init_vae_from_sd(sd, cfg.model) if sd is not None else build_vae(cfg.model)
-    system = Stage1System(
-        denoiser, vae, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay,
-        timesteps=opts.timesteps, train_temporal_norm=opts.train_temporal_norm,
-        gradient_checkpointing=opts.gradient_checkpointing, checkpoint_frozen=sd is None,
-        image_every_n_steps=cfg.trainer.image_every_n_steps,
-    )
-    return system, ClipDataModule(dataset, cfg.data.batch_size, cfg.data.num_workers)
+    system = Stage1System(denoiser, vae, optim=cfg.optim, options=opts, checkpoint_frozen=sd is None,
+                          image_every_n_steps=cfg.trainer.image_every_n_steps)
+    return system, _datamodule(cfg, dataset)
 
 
 def build_stage2_dataset(cfg: Stage2TrainConfig) -> Stage2ClipDataset:
-    data = cfg.data
-    generated = Path(data.generated_root)
-    dataset = Stage2ClipDataset(data.root, generated / "lq", generated / "latents", cfg.model.num_frames, data.exclude)
-    _check_batches(dataset, data.batch_size, f"data.root={data.root}")
+    dataset = Stage2ClipDataset.from_config(cfg.data, cfg.model.num_frames, verify=_verify_here(cfg.data))
+    _check_batches(dataset, cfg.data.batch_size, f"data.root={cfg.data.root}")
     return dataset
 
 
@@ -188,20 +201,14 @@ def build_stage2(cfg: Stage2TrainConfig) -> tuple[Stage2System, ClipDataModule]:
         vae, _ = load_vae(cfg.init.weights, cfg.model)
     else:
         vae = init_vae_from_sd(sd, cfg.model) if sd is not None else build_vae(cfg.model)
-    loss = Stage2Loss(
-        l1=losses.l1, lpips=losses.lpips, frame_difference=losses.frame_difference, consistency=losses.consistency,
-        consistency_variant=losses.consistency_variant, sobel_weight=losses.sobel_weight, gan=losses.gan,
-        disc_start=losses.disc_start, reduction=losses.reduction,
-    )
+    disc = PatchDiscriminator(3, cfg.discriminator.base_channels, cfg.discriminator.num_layers)
+    if cfg.discriminator.sync_batchnorm:
+        convert_global_batchnorm(disc)
     system = Stage2System(
-        vae, PatchDiscriminator(3, cfg.discriminator.base_channels, cfg.discriminator.num_layers),
-        lpips=lpips, flow_estimator=flow, loss=loss, cfw_weight=cfg.cfw_weight, lr=cfg.optim.lr,
-        betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay,
-        accumulate_grad_batches=cfg.optim.accumulate_grad_batches,
-        checkpoint_frozen=sd is None and cfg.init.weights is None,
-        image_every_n_steps=cfg.trainer.image_every_n_steps,
+        vae, disc, lpips=lpips, flow_estimator=flow, losses=losses, optim=cfg.optim, cfw_weight=cfg.cfw_weight,
+        checkpoint_frozen=sd is None and cfg.init.weights is None, image_every_n_steps=cfg.trainer.image_every_n_steps,
     )
-    return system, ClipDataModule(dataset, cfg.data.batch_size, cfg.data.num_workers)
+    return system, _datamodule(cfg, dataset)
 
 
 def build_system(cfg: TrainConfig) -> tuple[Stage1System | Stage2System, ClipDataModule]:
@@ -232,26 +239,52 @@ def last_checkpoint(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints" / "last.ckpt"
 
 
+def holds_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` already holds a run (its config or a checkpoint folder)."""
+    return (run_dir / "config.yaml").exists() or (run_dir / "checkpoints").exists()
+
+
 def prepare_run_dir(cfg: TrainConfig, resume: bool) -> Path | None:
-    """Create the run folder and write ``config.yaml``; return the checkpoint to resume from (or None)."""
+    """Check the run folder against ``resume`` (creating nothing); return the checkpoint to resume from or None.
+
+    Without ``resume`` a folder that already holds a run is refused; with it, the newest checkpoint that loads
+    is chosen (:func:`mgld.training.checkpointing.find_resume_checkpoint`). Processes other than global rank 0
+    of a multi-process run skip the first check (rank 0 has created the folder by the time they start).
+    """
     run_dir = Path(cfg.output_dir)
-    last = last_checkpoint(run_dir)
-    if resume and not last.is_file():
-        raise FileNotFoundError(f"--resume: {last} not found (nothing to resume in output_dir={run_dir})")
-    if not resume and last.exists():
-        raise FileExistsError(f"{run_dir} already holds a run ({last}); pass --resume or choose another output_dir")
-    _write_config(run_dir, to_yaml(cfg))
-    return last if resume else None
+    if resume:
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"--resume: {run_dir} not found (nothing to resume in output_dir={run_dir})")
+        path, _ = find_resume_checkpoint(run_dir / "checkpoints")
+        return path
+    if rank_zero_only.rank == 0 and holds_run(run_dir):
+        raise FileExistsError(f"{run_dir} already holds a run (config.yaml, checkpoints/); pass --resume to "
+                              "continue it or choose another output_dir")
+    return None
 
 
 @rank_zero_only
-def _write_config(run_dir: Path, text: str) -> None:
+def create_run_dir(cfg: TrainConfig) -> None:
+    """Create the run folder, write ``config.yaml`` and remove stale temporary checkpoint files."""
+    run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    _write_config(run_dir, to_yaml(cfg))
+    remove_stale_temporaries(run_dir / "checkpoints")
+
+
+def _write_config(run_dir: Path, text: str) -> None:
     path = run_dir / "config.yaml"
     if path.is_file() and path.read_text() != text:
         log.warning("%s changed since the previous start; the old one is kept as config.previous.yaml", path)
         path.replace(run_dir / "config.previous.yaml")
-    path.write_text(text)
+    atomic_write(path, text)
+
+
+@rank_zero_only
+def _remove_failed_run(run_dir: Path) -> None:
+    if run_dir.is_dir() and not checkpoint_candidates(run_dir / "checkpoints"):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        log.warning("the run failed before its first checkpoint; removed %s", run_dir)
 
 
 def build_trainer(cfg: TrainConfig, run_dir: Path, callbacks: Sequence[Callback] = (), **overrides) -> pl.Trainer:
@@ -271,10 +304,26 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, callbacks: Sequence[Callback]
         logger=TensorBoardLogger(run_dir, name="tb", version=""),
         callbacks=[*callbacks, FinalCheckpoint(ckpt_dir, t.checkpoint_every_n_steps),
                    LearningRateMonitor(logging_interval="step"), periodic],
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,  # ClipDataModule splits the data stream by rank itself
         num_sanity_val_steps=0,
     )
     kwargs.update(overrides)
     return pl.Trainer(**kwargs)
+
+
+def _worker_error(err: BaseException) -> BaseException | None:
+    """A DataLoader worker's exception arrives with the worker's traceback in its message; the same exception
+    type with the original one-line message (e.g. the damaged frame's InputError), or None for other errors."""
+    text = str(err)
+    if not (text.startswith("Caught ") and "Original Traceback" in text):
+        return None
+    last = text.strip().splitlines()[-1]
+    message = last.split(": ", 1)[1] if ": " in last else last
+    try:
+        return type(err)(message)
+    except Exception:
+        return RuntimeError(message)
 
 
 @rank_zero_only
@@ -290,11 +339,23 @@ def export_weights(system: Stage1System | Stage2System, cfg: TrainConfig, step: 
 def train(cfg: TrainConfig, resume: bool = False, callbacks: Sequence[Callback] = (), **trainer_overrides) -> Path:
     """Check, build and fit; returns the run folder. ``callbacks`` and ``trainer_overrides`` go to the trainer."""
     resume_from = prepare_run_dir(cfg, resume)
+    if resume_from is not None:
+        log.info("resuming from %s", resume_from)
     pl.seed_everything(cfg.trainer.seed, workers=True)
     system, datamodule = build_system(cfg)
     run_dir = Path(cfg.output_dir)
     trainer = build_trainer(cfg, run_dir, callbacks, **trainer_overrides)
-    trainer.fit(system, datamodule=datamodule, ckpt_path=resume_from)
+    fresh = resume_from is None and not run_dir.exists()
+    create_run_dir(cfg)
+    try:
+        trainer.fit(system, datamodule=datamodule, ckpt_path=resume_from)
+    except BaseException as err:
+        if fresh:
+            _remove_failed_run(run_dir)
+        one_line = _worker_error(err)
+        if one_line is not None:
+            raise one_line from err
+        raise
     export_weights(system, cfg, trainer.global_step)
     return run_dir
 
@@ -308,6 +369,8 @@ __all__ = [
     "build_system",
     "build_trainer",
     "check_sd_checkpoint",
+    "create_run_dir",
+    "holds_run",
     "check_weights_folder",
     "export_weights",
     "last_checkpoint",
