@@ -429,9 +429,7 @@ def test_fixed_configs_change_exactly_the_named_fixes():
         a, b = _flat(load_train_config(CONFIGS / f"{name}.yaml")), _flat(load_train_config(CONFIGS / f"{base}.yaml"))
         return {k: v for k, v in a.items() if v != b[k]}
 
-    import dataclasses
 
-    from mgld.config import FlowConfig
 
     d1 = changed("stage1_fixed", "stage1")
     expected = {
@@ -440,8 +438,7 @@ def test_fixed_configs_change_exactly_the_named_fixes():
         "data.degradation.stage2.blur.beta_variant": "fixed", "data.degradation.stage2.codec.color_order": "fixed",
         "sampling.steps": 50, "sampling.guidance_scale": 10.0,
     }
-    if "resolution" in {f.name for f in dataclasses.fields(FlowConfig)}:  # after the core merge (MERGE lines)
-        expected.update({"flow.resolution": "lr", "infer.upsample_mode": "bicubic"})
+    expected.update({"flow.resolution": "lr", "infer.upsample_mode": "bicubic"})
     assert d1 == expected
     d2 = changed("stage2_fixed", "stage2")
     assert d2 == {"losses.consistency_variant": "fixed", "losses.reduction": "mean",
@@ -455,10 +452,8 @@ def test_fixed_configs_change_exactly_the_named_fixes():
 
 def test_latent_generation_settings_reach_the_pipeline(tmp_path):
     """configs/stage1.yaml samples the stage-2 latents as the authors' w_latent script (docs/training.md §4)."""
-    import dataclasses
 
     from mgld.cli.generate_latents import build_pipeline
-    from mgld.config import FlowConfig, InferConfig
 
     cfg = load_train_config(CONFIGS / "stage1.yaml")
     assert (cfg.sampling.steps, cfg.sampling.guidance_scale, cfg.flow.method) == (200, 1.0, "raft")
@@ -468,9 +463,6 @@ def test_latent_generation_settings_reach_the_pipeline(tmp_path):
     pipe = build_pipeline(tiny, None, None)
     assert pipe.config.sampling.guidance_scale == 1.0 and pipe.config.sampling.steps == 3
     assert (pipe.config.infer.scale, pipe.config.infer.min_short_side) == (4, 0)
-    names = {f.name for f in dataclasses.fields(FlowConfig)} | {f.name for f in dataclasses.fields(InferConfig)}
-    if not {"resolution", "upsample_mode"} <= names:
-        pytest.skip("runs after the core merge: flow.resolution / infer.upsample_mode are not in the schema yet")
     assert (cfg.flow.resolution, cfg.infer.upsample_mode) == ("upsampled", "bilinear")  # the w_latent script
     assert (fixed.flow.resolution, fixed.infer.upsample_mode) == ("lr", "bicubic")  # as inference
     assert (pipe.config.flow.resolution, pipe.config.infer.upsample_mode) == ("upsampled", "bilinear")
