@@ -8,6 +8,8 @@ the schema, so a typo fails with ``Key 'num_frame' not in 'ModelConfig'. Did you
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -207,9 +209,10 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> Any:
     path = path.resolve()
     if path in seen:
         raise ValueError(f"{path}: _base_ cycle through {[str(p) for p in seen]}")
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    node = OmegaConf.load(path)
+    with config_source(str(path)):
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        node = OmegaConf.load(path)
     bases = node.pop("_base_", []) if isinstance(node, dict) or OmegaConf.is_dict(node) else []
     if isinstance(bases, str):
         bases = [bases]
@@ -247,20 +250,57 @@ def resolve_config(name: str | Path) -> Path:
     candidate = configs_dir() / (rel if rel.suffix in (".yaml", ".yml") else rel.with_suffix(".yaml"))
     if not path.is_absolute() and candidate.is_file():
         return candidate
-    raise FileNotFoundError(f"config not found: {name} (neither a file nor a packaged config; "
-                            f"packaged: {', '.join(packaged_configs())})")
+    with config_source(str(name)):
+        raise FileNotFoundError(f"config not found: {name} (neither a file nor a packaged config; "
+                                f"packaged: {', '.join(packaged_configs())})")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, schema: type[T] = Config) -> T:
     """Schema defaults <- YAML (with ``_base_``) <- ``key=value`` overrides -> a typed dataclass.
 
     ``path`` is a file or the name of a packaged config (:func:`resolve_config`)."""
+    overrides = check_overrides(overrides)
     cfg = OmegaConf.structured(schema)
+    source = "config"
     if path is not None:
-        cfg = OmegaConf.merge(cfg, read_yaml(resolve_config(path)))
-    if overrides:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-    return OmegaConf.to_object(cfg)
+        source = str(resolve_config(path))
+        with config_source(source):
+            cfg = OmegaConf.merge(cfg, read_yaml(Path(source)))
+    for override in overrides:  # one at a time, so that an error names its override
+        with config_source(f"override {override!r}"):
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([override]))
+    with config_source(source + (" + overrides" if overrides else "")):
+        return OmegaConf.to_object(cfg)
+
+
+CONFIG_SOURCE = "mgld_config_source"
+
+
+@contextmanager
+def config_source(source: str) -> Iterator[None]:
+    """Tag any error raised inside with the config file or override it comes from (attribute
+    :data:`CONFIG_SOURCE`, first tag wins; the exception type is unchanged). The ``mgld`` command prints a
+    tagged error as one line naming that source and exits with status 2 (mgld/cli/_errors.py)."""
+    try:
+        yield
+    except Exception as err:
+        if getattr(err, CONFIG_SOURCE, None) is None:
+            try:
+                setattr(err, CONFIG_SOURCE, source)
+            except AttributeError:  # an exception type with __slots__
+                pass
+        raise
+
+
+def check_overrides(overrides: list[str] | None) -> list[str]:
+    """``key=value`` overrides as a list; one without ``=`` (or without a key) raises naming it."""
+    overrides = list(overrides or [])
+    for override in overrides:
+        key, sep, _ = override.partition("=")
+        if not sep or not key.strip():
+            with config_source(f"override {override!r}"):
+                raise ValueError("not key=value (e.g. sampling.steps=20)")
+    return overrides
 
 
 def to_yaml(cfg: Any) -> str:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 
-from mgld.eval.evaluation import upscale_bicubic
-
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__,
@@ -20,6 +18,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--out", required=True, metavar="ROOT", help="folder for the upscaled sequences")
     parser.add_argument("--scale", type=int, default=4, help="upscaling factor (default: %(default)s)")
     args = parser.parse_args(argv)
+    from mgld.eval.evaluation import upscale_bicubic
+
     try:
         names = upscale_bicubic(args.lr, args.out, args.scale)
     except (ValueError, OSError) as err:

@@ -13,9 +13,6 @@ import argparse
 import logging
 from pathlib import Path
 
-from mgld.eval import metrics
-from mgld.eval.evaluation import EvalSettings, evaluate, markdown_table, write_pictures, write_report
-
 
 def parse_pred(text: str) -> tuple[str, str]:
     name, sep, root = text.partition("=")
@@ -30,9 +27,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                              "methods, one table row each; NAME defaults to the folder name")
     parser.add_argument("--gt", metavar="ROOT", help="folder of ground-truth sequences; frames are matched by "
                         "file stem. Without it only no-reference metrics and E*warp are computed")
-    parser.add_argument("--metrics", default=",".join(metrics.DEFAULT_METRICS),
-                        help=f"comma-separated, in table order; known: {','.join(metrics.METRICS)} "
-                             "(default: %(default)s)")
+    parser.add_argument("--metrics", default=None,  # names resolved in main(): --help must not import torch
+                        help="comma-separated metric names, in table order (default: the standard suite, "
+                             "DEFAULT_METRICS of mgld/eval/metrics.py); an unknown name lists the known ones")
     parser.add_argument("--out", metavar="DIR", help="report folder (default: no files, table printed only)")
     parser.add_argument("--crop-border", type=int, default=0, metavar="PX",
                         help="pixels removed on each side for PSNR/SSIM (default: %(default)s)")
@@ -58,6 +55,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from mgld.eval import metrics
+    from mgld.eval.evaluation import EvalSettings, evaluate, markdown_table, write_pictures, write_report
+
+    if args.metrics is None:
+        args.metrics = ",".join(metrics.DEFAULT_METRICS)
     preds = dict(parse_pred(p) for p in args.pred)
     if len(preds) != len(args.pred):
         raise SystemExit("error: two --pred share a name; use NAME=ROOT")

@@ -14,9 +14,6 @@ import argparse
 import logging
 from pathlib import Path
 
-from mgld.data.degradations import DegradationConfig, FinalConfig, RealBasicVSRDegradation
-from mgld.eval.evaluation import make_testset, write_synthetic_hr
-
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__,
@@ -40,6 +37,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from mgld.data.degradations import DegradationConfig, FinalConfig, RealBasicVSRDegradation
+    from mgld.eval.evaluation import make_testset, write_synthetic_hr
+
     if args.synthetic_hr:
         names = write_synthetic_hr(args.hr, args.num_frames, (args.size, args.size))
         print(f"synthetic HR: {', '.join(names)} -> {args.hr}")

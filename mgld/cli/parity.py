@@ -16,7 +16,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from mgld.parity import CHECKS, DEFAULT_TOLERANCE, checked_files, format_table, run_checks
+# mgld.parity imports torch: only inside main(), so that --help is instant; tests/test_cli.py checks this value
+DEFAULT_TOLERANCE = 1e-4
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                         help="largest accepted relative error (default: %(default)g)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
+    from mgld.parity import CHECKS, checked_files, format_table, run_checks
 
     only = [s.strip() for s in args.only.split(",")] if args.only else None
     try:
