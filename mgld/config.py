@@ -226,9 +226,9 @@ def configs_dir() -> Path:
     source = Path(__file__).resolve().parents[1]
     if (source / "pyproject.toml").is_file() and (source / "configs").is_dir():
         return source / "configs"
-    from importlib.resources import files
-
-    return Path(str(files("mgld.configs")))
+    # installed: the wheel maps configs/ to mgld/configs/, next to this file. (Not importlib.resources: for
+    # this namespace package (no __init__.py) it returns a MultiplexedPath, whose str() is not a path.)
+    return Path(__file__).resolve().parent / "configs"
 
 
 def packaged_configs() -> list[str]:
