@@ -20,6 +20,7 @@ from mgld.cli._errors import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     INTERRUPTED,
+    INTERRUPTED_HINTS,
     describe,
     run_guarded,
 )
@@ -290,23 +291,58 @@ def test_evaluate_without_the_eval_extra_names_it(tmp_path):
     assert 'pip install "mgld[eval]"' in out.stderr and "Traceback" not in out.stderr
 
 
-def test_ctrl_c_exits_130_with_the_resume_hint(tmp_path):
-    # SIGINT must be at its default in the child (a shell's background job would ignore it).
-    cmd = [sys.executable, "-m", "mgld", "infer", "--config", "tiny", "--input", "sample",
-           "--output", str(tmp_path / "sr")]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+def _interrupt_when(cmd: list[str], ready: bytes, cwd: Path, delay: float = 0.0) -> tuple[int, str]:
+    """Run ``cmd``, send SIGINT once ``ready`` appears in its output (then ``delay`` s), return (status, output).
+
+    SIGINT must be at its default in the child (a shell's background job would ignore it)."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     chunks: list[bytes] = []
-    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: os.read(proc.stderr.fileno(), 4096), b"")))
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: os.read(proc.stdout.fileno(), 4096), b"")))
     reader.start()
     deadline = time.monotonic() + 240
-    while b"chunks:" not in b"".join(chunks) and proc.poll() is None and time.monotonic() < deadline:
+    while ready not in b"".join(chunks) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert proc.poll() is None, f"the run ended before it could be interrupted: {b''.join(chunks)[-500:]}"
-    proc.send_signal(signal.SIGINT)  # sampling has started: models built, chunk 1 of 2
+    time.sleep(delay)
+    assert proc.poll() is None, f"the run ended before it could be interrupted: {b''.join(chunks)[-800:]}"
+    proc.send_signal(signal.SIGINT)
     proc.wait(timeout=120)
     reader.join(timeout=10)
-    err = b"".join(chunks).decode(errors="replace")
-    assert proc.returncode == EXIT_INTERRUPTED, err[-1000:]
-    assert err.strip().splitlines()[-1] == INTERRUPTED
-    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    return proc.returncode, b"".join(chunks).decode(errors="replace")
+
+
+def test_ctrl_c_exits_130_with_the_resume_hint(tmp_path):
+    cmd = [sys.executable, "-m", "mgld", "infer", "--config", "tiny", "--input", "sample",
+           "--output", str(tmp_path / "sr")]
+    code, out = _interrupt_when(cmd, b"chunks:", tmp_path)  # sampling has started: models built, chunk 1 of 2
+    assert code == EXIT_INTERRUPTED, out[-1000:]
+    assert out.strip().splitlines()[-1] == INTERRUPTED
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
+
+
+def test_ctrl_c_during_training_exits_130_naming_resume(tmp_path):
+    # Lightning catches the KeyboardInterrupt, shuts down and calls sys.exit(1); the handler still reports it
+    from mgld.training.data import write_synthetic_sequences
+
+    clips = write_synthetic_sequences(tmp_path / "clips", num_sequences=1, num_frames=6, size=(32, 32))
+    cmd = [sys.executable, "-m", "mgld", "train", "--config", "tiny_stage1", f"data.root={clips}",
+           f"output_dir={tmp_path / 'run'}", "trainer.max_steps=100000"]
+    code, out = _interrupt_when(cmd, b"Trainable params", tmp_path, delay=1.0)
+    assert code == EXIT_INTERRUPTED, out[-1500:]
+    assert out.strip().splitlines()[-1] == INTERRUPTED_HINTS["train"]
+    assert "--resume" in INTERRUPTED_HINTS["train"] and "Traceback" not in out
+
+
+def test_a_library_that_turns_ctrl_c_into_exit_is_still_reported_as_interrupted(capsys):
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT is handled by someone else in this process")
+
+    def lightning_like():
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            sys.exit(1)
+
+    assert run_guarded("train", lightning_like) == EXIT_INTERRUPTED
+    assert capsys.readouterr().err.strip() == INTERRUPTED_HINTS["train"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored

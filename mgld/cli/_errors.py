@@ -10,6 +10,7 @@ exit  meaning
       or is not valid YAML (file and line named), an override without ``=``, a key or value the schema
       refuses (the key named)
 130   interrupted (Ctrl-C): finished outputs are kept and written atomically, so the same command resumes
+      (``mgld train``: the same command with ``--resume``); also when a library (Lightning) handles the Ctrl-C
 ====  ==========================================================================================================
 
 The message is ``error: <what>`` on stderr. Tracebacks are printed only with ``--debug`` (anywhere on the
@@ -19,15 +20,20 @@ from (:func:`mgld.config.config_source`); that tag is what makes them exit 2.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a Ctrl-C
 INTERRUPTED = "interrupted; rerun the same command to resume"
+# training resumes only when asked to (a run folder is otherwise refused)
+INTERRUPTED_HINTS = {"train": "interrupted; rerun the same command with --resume to continue from the last checkpoint"}
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "MGLD_DEBUG"
 
@@ -124,22 +130,54 @@ def describe(err: BaseException, command: str) -> tuple[str, int]:
     return text, EXIT_FAILED
 
 
+@contextlib.contextmanager
+def _recording_sigint(seen: list[bool]) -> Iterator[None]:
+    """Note every Ctrl-C while still raising KeyboardInterrupt as Python does. Libraries that turn it into
+    another exit (Lightning's trainer calls ``sys.exit(1)`` after a graceful shutdown) are then recognised.
+    Left alone when SIGINT is ignored (``nohup``) or handled by someone else, and off the main thread."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+
+    def handler(signum, frame):
+        seen.append(True)
+        signal.default_int_handler(signum, frame)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGINT) is handler:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _interrupted(command: str, debug: bool) -> int:
+    if debug and sys.exc_info()[0] is not None:
+        traceback.print_exc()
+    print(f"\n{INTERRUPTED_HINTS.get(command, INTERRUPTED)}", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
 def run_guarded(command: str, run: Callable[[], int | None], debug: bool = False) -> int:
     """Run one subcommand; any exception becomes ``error: <message>`` on stderr and an exit status."""
+    sigint: list[bool] = []
     try:
-        code = run()
+        with _recording_sigint(sigint):
+            code = run()
+        if sigint:  # a library caught the KeyboardInterrupt and returned
+            return _interrupted(command, debug)
         return 0 if code is None else int(code)
     except SystemExit as stop:  # argparse (--help: 0, a bad flag: 2) and ``raise SystemExit("error: ...")``
+        if sigint:  # a library's own Ctrl-C handling ended the run
+            return _interrupted(command, debug)
         if stop.code is None or isinstance(stop.code, int):
             return stop.code or 0
         text = str(stop.code).strip()
         print(text if text.startswith("error:") else f"error: {text}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        if debug:
-            traceback.print_exc()
-        print(f"\n{INTERRUPTED}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted(command, debug)
     except BrokenPipeError:  # stdout closed early (``mgld infer --help | head``): stop quietly
         try:
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (the interpreter flushes it at exit)
