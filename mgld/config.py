@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 import re
 import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -280,9 +282,10 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> Any:
     path = path.resolve()
     if path in seen:
         raise ValueError(f"{path}: _base_ cycle through {[str(p) for p in seen]}")
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    node = OmegaConf.load(path)
+    with config_source(str(path)):
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        node = OmegaConf.load(path)
     bases = node.pop("_base_", []) if isinstance(node, dict) or OmegaConf.is_dict(node) else []
     if isinstance(bases, str):
         bases = [bases]
@@ -296,9 +299,9 @@ def configs_dir() -> Path:
     source = Path(__file__).resolve().parents[1]
     if (source / "pyproject.toml").is_file() and (source / "configs").is_dir():
         return source / "configs"
-    from importlib.resources import files
-
-    return Path(str(files("mgld.configs")))
+    # installed: the wheel maps configs/ to mgld/configs/, next to this file. (Not importlib.resources: for
+    # this namespace package (no __init__.py) it returns a MultiplexedPath, whose str() is not a path.)
+    return Path(__file__).resolve().parent / "configs"
 
 
 def packaged_configs() -> list[str]:
@@ -320,29 +323,70 @@ def resolve_config(name: str | Path) -> Path:
     candidate = configs_dir() / (rel if rel.suffix in (".yaml", ".yml") else rel.with_suffix(".yaml"))
     if not path.is_absolute() and candidate.is_file():
         return candidate
-    raise FileNotFoundError(f"config not found: {name} (neither a file nor a packaged config; "
-                            f"packaged: {', '.join(packaged_configs())})")
+    with config_source(str(name)):
+        raise FileNotFoundError(f"config not found: {name} (neither a file nor a packaged config; "
+                                f"packaged: {', '.join(packaged_configs())})")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, schema: type[T] = Config) -> T:
     """Schema defaults <- YAML (with ``_base_``) <- ``key=value`` overrides -> a typed dataclass.
 
     ``path`` is a file or the name of a packaged config (:func:`resolve_config`)."""
+    overrides = check_overrides(overrides)
     cfg = OmegaConf.structured(schema)
-    source = "overrides"
-    try:
-        if path is not None:
-            source = str(resolve_config(path))
+    source = "config"
+    if path is not None:
+        source = str(resolve_config(path))
+        with config_source(source), _one_line(source):
             cfg = OmegaConf.merge(cfg, read_yaml(Path(source)))
-            source = "overrides"
-        if overrides:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    for override in overrides:  # one at a time, so that an error names its override
+        with config_source(f"override {override!r}"), _one_line(f"override {override!r}"):
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([override]))
+    final = source + (" + overrides" if overrides else "")
+    with config_source(final), _one_line(final):
         return OmegaConf.to_object(cfg)
+
+
+@contextmanager
+def _one_line(source: str) -> Iterator[None]:
+    """An OmegaConf error about a key becomes one line ``key: problem (source)`` (same exception type)."""
+    try:
+        yield
     except OmegaConfBaseException as err:
         if not getattr(err, "full_key", None):
             raise
-        first = str(getattr(err, "msg", err)).splitlines()[0]  # one line naming the key (and the file)
+        first = str(getattr(err, "msg", err)).splitlines()[0]
         raise type(err)(f"{err.full_key}: {first} ({source})") from None
+
+
+CONFIG_SOURCE = "mgld_config_source"
+
+
+@contextmanager
+def config_source(source: str) -> Iterator[None]:
+    """Tag any error raised inside with the config file or override it comes from (attribute
+    :data:`CONFIG_SOURCE`, first tag wins; the exception type is unchanged). The ``mgld`` command prints a
+    tagged error as one line naming that source and exits with status 2 (mgld/cli/_errors.py)."""
+    try:
+        yield
+    except Exception as err:
+        if getattr(err, CONFIG_SOURCE, None) is None:
+            try:
+                setattr(err, CONFIG_SOURCE, source)
+            except AttributeError:  # an exception type with __slots__
+                pass
+        raise
+
+
+def check_overrides(overrides: list[str] | None) -> list[str]:
+    """``key=value`` overrides as a list; one without ``=`` (or without a key) raises naming it."""
+    overrides = list(overrides or [])
+    for override in overrides:
+        key, sep, _ = override.partition("=")
+        if not sep or not key.strip():
+            with config_source(f"override {override!r}"):
+                raise ValueError("not key=value (e.g. sampling.steps=20)")
+    return overrides
 
 
 def to_yaml(cfg: Any) -> str:

@@ -154,19 +154,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from mgld.config import load_config, to_yaml
-    from mgld.io.sequences import InputError
-    from mgld.pipeline.runner import run
 
     flags = [f"{key}={getattr(args, flag)}" for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None]
     flags += ["infer.overwrite=true"] if args.overwrite else []
-    try:
-        cfg = load_config(args.config, flags + list(args.overrides))
-    except (ValueError, KeyError, FileNotFoundError) as err:
-        print(f"error: config: {err}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, flags + list(args.overrides))  # a bad config: one line, exit 2 (cli/_errors.py)
     if args.print_config:
         print(to_yaml(cfg))
         return 0
+    from mgld.io.sequences import InputError
+    from mgld.pipeline.runner import run  # after the config checks, so that a bad config fails at once
+
     try:
         summary = run(cfg, args.input, args.output, progress=not args.quiet, keep_going=args.keep_going,
                       allow_truncated=args.allow_truncated, shard=args.shard or (0, 1))

@@ -31,7 +31,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                         help="largest accepted relative error (default: %(default)g)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
-
     from mgld.parity import CHECKS, checked_files, format_table, run_checks
 
     only = [s.strip() for s in args.only.split(",")] if args.only else None
