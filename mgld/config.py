@@ -337,26 +337,27 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     source = "config"
     if path is not None:
         source = str(resolve_config(path))
-        with config_source(source), _one_line(source):
+        with config_source(source), _one_line():
             cfg = OmegaConf.merge(cfg, read_yaml(Path(source)))
     for override in overrides:  # one at a time, so that an error names its override
-        with config_source(f"override {override!r}"), _one_line(f"override {override!r}"):
+        with config_source(f"override {override!r}"), _one_line():
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([override]))
     final = source + (" + overrides" if overrides else "")
-    with config_source(final), _one_line(final):
+    with config_source(final), _one_line():
         return OmegaConf.to_object(cfg)
 
 
 @contextmanager
-def _one_line(source: str) -> Iterator[None]:
-    """An OmegaConf error about a key becomes one line ``key: problem (source)`` (same exception type)."""
+def _one_line() -> Iterator[None]:
+    """An OmegaConf error about a key becomes one line ``key: problem`` (same exception type; the source is
+    tagged by :func:`config_source`, and the ``mgld`` command prints it first)."""
     try:
         yield
     except OmegaConfBaseException as err:
         if not getattr(err, "full_key", None):
             raise
         first = str(getattr(err, "msg", err)).splitlines()[0]
-        raise type(err)(f"{err.full_key}: {first} ({source})") from None
+        raise type(err)(f"{err.full_key}: {first}") from None
 
 
 CONFIG_SOURCE = "mgld_config_source"

@@ -28,6 +28,8 @@ import threading
 import traceback
 from collections.abc import Callable, Iterator
 
+from mgld._extras import OPTIONAL_MODULES
+
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a Ctrl-C
@@ -37,17 +39,6 @@ INTERRUPTED_HINTS = {"train": "interrupted; rerun the same command with --resume
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "MGLD_DEBUG"
 
-# Importable name -> (distribution, extras that install it), as in pyproject.toml's optional-dependencies
-# (tests/test_packaging.py checks the two agree). A command names the extra it belongs to when it can.
-OPTIONAL_MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "pytorch_lightning": ("pytorch-lightning", ("train",)),
-    "tensorboard": ("tensorboard", ("train",)),
-    "lpips": ("lpips", ("train", "eval")),
-    "pyiqa": ("pyiqa", ("eval",)),
-    "matplotlib": ("matplotlib", ("eval",)),
-    "skimage": ("scikit-image", ("eval",)),
-    "open_clip": ("open_clip_torch", ("dev",)),
-}
 COMMAND_EXTRA = {"train": "train", "generate-latents": "train", "evaluate": "eval"}
 
 # Exception types whose message is written for users; any other type is named in the line (likely a bug).
@@ -93,8 +84,9 @@ def _yaml_message(err, source: str | None) -> str:
 def _omegaconf_message(err, source: str | None) -> str:
     key = getattr(err, "full_key", None)
     text = _first_line(getattr(err, "msg", None) or err)
-    parts = [p for p in (source, f"key {key}" if key else None, text) if p]
-    return ": ".join(parts)
+    if key and not text.startswith(f"{key}:"):
+        text = f"{key}: {text}"
+    return ": ".join(p for p in (source, text) if p)
 
 
 def _missing_module_message(err: ModuleNotFoundError, command: str) -> str:

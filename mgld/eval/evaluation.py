@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 import torch
 
+from mgld._extras import install_hint
 from mgld.eval import metrics as M
 from mgld.io.atomic import atomic_write
 from mgld.weights.checkpoints import CheckpointError
@@ -309,6 +310,9 @@ def build_metrics(settings: EvalSettings, have_gt: bool) -> tuple[dict[str, Call
             skipped[name] = str(err)
         except CheckpointError:  # weights the user named (--raft-weights) that do not load: an error, not a skip
             raise
+        except ModuleNotFoundError as err:
+            hint = install_hint(err.name or "", "eval")
+            skipped[name] = f"needs {hint}" if hint else f"could not be built ({_one_line(err)})"
         except (ImportError, OSError, RuntimeError) as err:  # a package that does not import, a broken cache
             skipped[name] = f"could not be built ({_one_line(err)})"
         if name in skipped:
@@ -344,6 +348,8 @@ def evaluate(preds: dict[str, str | Path], gt: str | Path | None = None, setting
     settings = settings or EvalSettings()
     inputs = inputs or prepare(preds, gt, settings, lr)
     built, skipped, notes = build_metrics(settings, inputs.gt is not None)
+    if not built:  # nothing would be measured: not a result
+        raise RuntimeError("no metric can be computed: " + "; ".join(f"{n} {r}" for n, r in skipped.items()))
     report = EvalReport(settings, list(preds), list(settings.metrics), skipped, notes)
     jobs = [(m, s) for m in preds for s in inputs.preds[m]]
     for method, seq in tqdm(jobs, desc="evaluate", unit="seq", disable=not progress):

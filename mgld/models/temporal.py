@@ -1,4 +1,4 @@
-"""Temporal layers that make a per-frame (2-D) network video-aware (docs/algorithm.md §2.1, §4.2).
+"""Temporal layers that make a per-frame (2-D) network video-aware (docs/algorithm.md §2.1, §2.3).
 
 Frames travel folded into the batch, ``(b t) c h w`` with the frame index fastest; every layer here
 takes the number of frames ``num_frames`` from the call, so any clip length T >= 1 works.

@@ -205,6 +205,14 @@ class ConfigError(ValueError):
     """A training config that cannot be loaded; the one-line message names the file and the key."""
 
 
+def _tagged(err: Exception, path: Path) -> Exception:
+    """``err`` marked as a config error of ``path`` (the ``mgld`` command then exits with status 2)."""
+    from mgld.config import CONFIG_SOURCE
+
+    setattr(err, CONFIG_SOURCE, str(path))
+    return err
+
+
 def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
     """A training config; the schema is chosen by the ``stage`` key of the file (after its ``_base_`` files).
 
@@ -218,21 +226,27 @@ def load_train_config(path: str | Path, overrides: list[str] | None = None) -> T
     overrides = list(overrides or [])
     bad = [o for o in overrides if "=" not in o]
     if bad:
-        raise ConfigError(f"overrides must be key=value, got {bad}")
+        raise _tagged(ConfigError(f"overrides must be key=value, got {bad}"), path)
     try:
         stage = read_yaml(path).get("stage")
         if stage not in SCHEMAS:
-            raise ConfigError(f"{path}: 'stage' must be 1 or 2 (got {stage!r})")
+            raise _tagged(ConfigError(f"{path}: 'stage' must be 1 or 2 (got {stage!r})"), path)
         cfg = load_config(path, overrides, schema=SCHEMAS[stage])
     except YAMLError as err:
-        where = f"{path} or an override" if overrides else str(path)
-        raise ConfigError(f"invalid YAML in {where} ({_one_line(err)})") from err
+        mark = getattr(err, "problem_mark", None)
+        if mark is not None and mark.name and not str(mark.name).startswith("<"):
+            where = f"{mark.name}, line {mark.line + 1}"
+        else:
+            where = f"{path} or an override" if overrides else str(path)
+        raise _tagged(ConfigError(f"{where}: invalid YAML ({_one_line(getattr(err, 'problem', None) or err)})"),
+                      path) from err
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None)
-        raise ConfigError(f"{path}{' (with overrides)' if overrides else ''}: {key or 'config'}: "
-                          f"{_one_line(getattr(err, 'msg', None) or err)}") from err
+        text = _one_line(getattr(err, "msg", None) or err)
+        text = text if key and text.startswith(f"{key}:") else f"{key or 'config'}: {text}"
+        raise _tagged(ConfigError(f"{path}{' (with overrides)' if overrides else ''}: {text}"), path) from err
     if cfg.stage != stage:
-        raise ConfigError(f"the 'stage' key cannot be overridden ({stage} in {path}, {cfg.stage} given)")
+        raise _tagged(ConfigError(f"the 'stage' key cannot be overridden ({stage} in {path}, {cfg.stage} given)"), path)
     return cfg
 
 
