@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, Union
 
 from omegaconf import OmegaConf
 
@@ -110,13 +110,15 @@ class SamplingConfig:
     guidance_variant: str = "authors"
     latent_tile_size: int = 64
     latent_tile_overlap: int = 32
-    tile_batch: int = 1
+    tile_batch: Union[int, Literal["auto"]] = 1  # noqa: UP007 (OmegaConf reads typing.Union, not X | Y)
     seed: int = 42
+    tile_schedule: str = "overlap"
 
     def __post_init__(self) -> None:
         _choice("sampling.guidance_variant", self.guidance_variant, ("authors", "fixed"))
-        if self.steps < 1 or self.tile_batch < 1:
-            raise ValueError("sampling.steps and sampling.tile_batch must be >= 1")
+        _choice("sampling.tile_schedule", self.tile_schedule, ("overlap", "shifted"))
+        if self.steps < 1 or (self.tile_batch != "auto" and self.tile_batch < 1):
+            raise ValueError("sampling.steps and sampling.tile_batch must be >= 1 (tile_batch may be 'auto')")
 
 
 @dataclass
@@ -140,14 +142,16 @@ class DecodeConfig:
     """Temporal-VAE encoding/decoding in pixel tiles, and the colour fix (docs/algorithm.md §5, §7)."""
 
     cfw_weight: float = 1.0
-    tile_size: int = 960
+    tile_size: Union[int, Literal["auto"]] = 960  # noqa: UP007
     tile_stride: int = 768
     color_fix: str = "adain"
 
     def __post_init__(self) -> None:
         _choice("decode.color_fix", self.color_fix, ("adain", "wavelet", "none"))
-        if self.tile_size % 8 or self.tile_stride % 8 or not 0 < self.tile_stride <= self.tile_size:
-            raise ValueError("decode.tile_size and decode.tile_stride must be multiples of 8, 0 < stride <= size")
+        size = 960 if self.tile_size == "auto" else self.tile_size  # auto: the stride scales with the chosen tile
+        if size % 8 or self.tile_stride % 8 or not 0 < self.tile_stride <= size:
+            raise ValueError("decode.tile_size and decode.tile_stride must be multiples of 8, 0 < stride <= size "
+                             "(tile_size may be 'auto')")
 
 
 @dataclass
@@ -180,9 +184,19 @@ class InferConfig:
     precision: str = "auto"
     crf: int = 18
     overwrite: bool = False
+    cast_weights: Union[bool, Literal["auto"]] = "auto"  # noqa: UP007
+    channels_last: bool = False
+    compile: bool = False
+    compile_mode: str = "default"
+    attention: str = "auto"
+    offload: str = "none"
 
     def __post_init__(self) -> None:
         _choice("infer.precision", self.precision, ("auto", "fp32", "fp16", "bf16"))
+        _choice("infer.compile_mode", self.compile_mode,
+                ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
+        _choice("infer.attention", self.attention, ("auto", "flash", "efficient", "cudnn", "math"))
+        _choice("infer.offload", self.offload, ("none", "model", "sequential"))
 
 
 @dataclass
