@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from mgld.diffusion.clip_noise import ClipNoise, draw_clip_noise
+from mgld.diffusion.clip_noise import ClipNoise, DeviceFrameNoise, draw_clip_noise
 from mgld.diffusion.noise import FrameNoise
+from mgld.diffusion.tiling import TileBox
 
 
 @pytest.mark.parametrize("shape", [(4, 13, 7), (4, 16, 16)])  # sizes that are and are not a multiple of 16
@@ -33,9 +34,27 @@ def test_draw_clip_noise_converts_dtype_and_checks_its_input():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_clip_noise_on_the_device_equals_the_cpu_streams():
     shape = (4, 12, 20)
-    expected = [FrameNoise(7, [0, 1, 2], shape).draw() for _ in range(1)]
     stream = FrameNoise(7, [0, 1, 2], shape)
     want = [stream.draw() for _ in range(4)]
     noise = ClipNoise(FrameNoise(7, [0, 1, 2], shape).draw, 4, "cuda")
     assert noise.draws.is_cuda
-    assert all(torch.equal(noise.draw().cpu(), w) for w in want) and torch.equal(want[0], expected[0])
+    assert all(torch.equal(noise.draw().cpu(), w) for w in want)
+
+
+def test_device_frame_noise_answers_crops_of_the_whole_frame_draws():
+    stream = FrameNoise(5, [0, 1], (4, 12, 20))
+    whole = [stream.draw() for _ in range(4)]  # whole-frame draws 0..3 of every frame's stream
+    calls = []
+
+    def frame_draw(j):
+        calls.append(j)
+        return whole[j]
+
+    order = {("posterior", None): 0, ("x_T", None): 1, ("xi", 2): 2, ("xi", 1): 3}
+    noise = DeviceFrameNoise(frame_draw, 4, lambda kind, step: order[(kind, step)], "cpu")
+    assert calls == [0, 1, 2, 3]  # every draw made once, up front
+    box = TileBox(2, 5, 8, 10)
+    assert torch.equal(noise.draw("xi", 1, box), box.crop(whole[3]))
+    assert torch.equal(noise.draw("posterior", None, TileBox(0, 0, 12, 20)), whole[0])
+    with pytest.raises(IndexError):
+        DeviceFrameNoise(frame_draw, 2, lambda kind, step: order[(kind, step)]).draw("xi", 1, box)

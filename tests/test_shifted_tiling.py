@@ -45,6 +45,8 @@ def test_shifted_segments_grow_short_edge_pieces_inwards():
 
 def test_frame_geometry_follows_the_pipeline():
     assert padded_size((180, 320)) == (736, 1280) and latent_size((180, 320)) == (92, 160)
+    assert padded_size((180, 320), padding="authors") == (736, 1312)  # both sides gain padding (docs/algorithm.md)
+    assert padded_size((128, 128), padding="authors") == (512, 512)
     assert latent_size((120, 213)) == (64, 116)  # 512-px short side
     assert authors_pixel_starts(1280) == [0, 320] and authors_pixel_starts(736) == [0]
     assert authors_pixel_starts(1920) == [0, 750, 960]
@@ -59,6 +61,8 @@ def test_work_ratios_of_each_tiling_mode():
         r = rows[size]
         assert (round(r["overlap-32"], 2), round(r["overlap-16"], 2), round(r["authors"], 2)) == (o32, o16, authors)
         assert 1.0 <= r["shifted"] <= 1.1
+        assert r["authors+shifted"] < r["authors"]  # shifted tiles inside the authors' pixel tiles
+    assert rows["480p"]["authors+shifted"] == rows["480p"]["shifted"]  # one pixel tile: the same
     h, w = latent_size(FRAME_SIZES["720p"])
     per_step = [sum(t.box.height * t.box.width for t in shifted_tiles(h, w, 64, k)) / (h * w) for k in range(50)]
     assert max(per_step) <= 1.3  # at every step, edge tiles included

@@ -58,7 +58,7 @@ def parse_args(argv, prog=None):
     return p.parse_args(argv)
 
 
-def _work_table(config: str) -> str:
+def _work_table(config: str) -> tuple[str, list[dict]]:
     import torch
 
     from mgld.config import load_config
@@ -73,7 +73,9 @@ def _work_table(config: str) -> str:
     tflop = count_flops(denoiser, denoiser, x, torch.zeros(1, dtype=torch.long), x, cfg.model.num_frames) / 1e12
     rows = work_table(tflop_per_call=tflop, frames=cfg.model.num_frames)
     return (f"one denoiser call on a 64x64 latent tile x {cfg.model.num_frames} frames: {tflop:.3f} TFLOP\n\n"
-            + work_markdown(rows)), rows
+            "UNet work ratio (latent-pixel evaluations per output latent pixel per step):\n\n"
+            + work_markdown(rows) + "\n\nUNet TFLOP per output frame at 50 steps (tile-area scaled):\n\n"
+            + work_markdown(rows, "unet_tflop_per_frame")), rows
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -99,6 +101,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             result = compare(args.config, overrides, args.compare[0], args.compare[1], height, width, args.frames,
                              Path(tmp), repeats=args.repeats, warmup=args.warmup, peak_tflops=args.peak_tflops,
                              input_path=args.input, quality=args.quality, keep=args.keep)
+            for key in ("A", "B"):
+                print(f"## {key}: last timed run\n\n{table(result[key]['runs'][-1])}\n")
             print(compare_table(result))
         else:
             cfg = load_config(args.config, overrides)

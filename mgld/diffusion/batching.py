@@ -13,9 +13,12 @@ denoiser calls as the memory allows (``sampling.tile_batch``: an integer, or ``a
 * overlapping tiles are accumulated in fp32 in tile order (the same sums as one tile per call);
   ``tile_schedule="shifted"`` copies each tile's owned part (:func:`mgld.diffusion.tiling.shifted_tiles`).
 
-Batching changes the result only by floating-point rounding: on the CPU the time-aware encoder, the UNet's 2-D
-convolutions and attention give the same values for any batch, but the temporal ``Conv3d`` of the UNet's middle
-block does not (oneDNN picks its algorithm by batch size), a difference of about 1e-6 (tests/test_batching.py).
+Batching changes the result only by floating-point rounding. Measured on the CPU (docs/notes/perf.md), each
+layer re-run on a 2-tile batch: in the full-size denoiser only the ``Linear`` layers' matrix products differ
+(the GEMM's blocking depends on the number of rows; ≤ 5e-7), convolutions (2-D, the temporal ``Conv3d``), norms and
+attention do not; in the tiny test network small 1×1/3×3 convolutions differ too (oneDNN picks its algorithm by
+batch). One full-size call on 2 tiles differs from 2 calls by at most 1.6e-6 (|ε̂| up to 1.75); the tests bound
+the tiled prediction by 1e-5 (tests/test_batching.py).
 """
 
 from __future__ import annotations
@@ -159,7 +162,8 @@ def predict_noise(
     ``tile_schedule``: ``overlap`` (tiles of ``tile_size`` overlapping by ``tile_overlap``, Gaussian-blended;
     the authors' scheme) or ``shifted`` (non-overlapping tiles on a grid shifted at each step; ``step`` (default:
     ``timestep``) picks the offsets, ``min_tile`` the smallest evaluated side, default ``tile_size // 4``).
-    ``tile_batch``: tiles per call, or ``auto`` (:func:`resolve_tile_batch`).
+    ``tile_batch``: tiles per call, or ``auto`` (:func:`resolve_tile_batch`, from the free memory at this call:
+    resolve it once per clip instead, so that every step batches alike).
     """
     if tile_schedule not in TILE_SCHEDULES:
         raise ValueError(f"sampling.tile_schedule must be one of {TILE_SCHEDULES}, got {tile_schedule!r}")
@@ -174,8 +178,14 @@ def predict_noise(
         boxes = [s.box for s in shifted]
     if len(boxes) == 1:
         return denoiser(x, t, z_lr, num_frames)
-    batch = resolve_tile_batch(tile_batch, denoiser, len(boxes), (boxes[0].height, boxes[0].width), num_frames,
-                               x.device, x.dtype) if tile_batch == "auto" else tile_batch
+    if tile_batch == "auto":  # sized for the largest tile (every call holds at most that many of them)
+        if not isinstance(denoiser, torch.nn.Module):
+            raise TypeError("tile_batch='auto' needs the denoiser network (an nn.Module) to count its memory; "
+                            "resolve it with resolve_tile_batch(...) on the network and pass the integer")
+        largest = max(boxes, key=lambda b: b.height * b.width)
+        tile_batch = resolve_tile_batch("auto", denoiser, len(boxes), (largest.height, largest.width), num_frames,
+                                        x.device, x.dtype)
+    batch = tile_batch
     out_dtype = torch.promote_types(x.dtype, torch.float32)
     out = torch.zeros(x.shape, device=x.device, dtype=out_dtype)
     if shifted is None:

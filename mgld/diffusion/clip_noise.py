@@ -60,4 +60,27 @@ class ClipNoise:
         return out if device is None and dtype is None else out.to(device=device, dtype=dtype)
 
 
-__all__ = ["ClipNoise", "draw_clip_noise"]
+class DeviceFrameNoise:
+    """A noise source answering ``draw(kind, step, box)`` from whole-frame draws kept on the device.
+
+    ``frame_draw(j)`` gives whole-frame draw ``j`` of every frame's stream (``t c H W`` on the CPU, e.g.
+    ``FrameNoise.frame_draw``), ``count`` draws are made up front (one transfer), and ``index(kind, step)`` maps a
+    request to its draw (e.g. ``lambda kind, step: draw_index(kind, step, num_steps)``); the answer is the crop of
+    that draw at ``box`` (any object with ``crop``, a :class:`~mgld.diffusion.tiling.TileBox`), on the device — the
+    values of the CPU streams.
+    """
+
+    def __init__(self, frame_draw: Callable[[int], Tensor], count: int, index: Callable[[str, int | None], int],
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32):
+        draws = iter(range(count))
+        self.draws = draw_clip_noise(lambda: frame_draw(next(draws)), count, device, dtype)
+        self.index = index
+
+    def draw(self, kind: str, step: int | None, box) -> Tensor:
+        j = self.index(kind, step)
+        if not 0 <= j < self.draws.shape[0]:
+            raise IndexError(f"noise draw {j} ({kind}, step {step}) was not made up front ({self.draws.shape[0]})")
+        return box.crop(self.draws[j])
+
+
+__all__ = ["ClipNoise", "DeviceFrameNoise", "draw_clip_noise"]

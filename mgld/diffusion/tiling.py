@@ -143,6 +143,7 @@ def blend_tiles(
     return total / norm
 
 
+__all__ = ["TileBox", "blend_tiles", "feather_weights", "gaussian_weights", "tile_boxes", "tile_starts"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -222,15 +223,4 @@ def shifted_tiles(height: int, width: int, tile: int, step: int, min_tile: int |
     ]
 
 
-__all__ = [
-    "ShiftedTile",
-    "TileBox",
-    "blend_tiles",
-    "feather_weights",
-    "gaussian_weights",
-    "shift_offsets",
-    "shifted_segments",
-    "shifted_tiles",
-    "tile_boxes",
-    "tile_starts",
-]
+__all__ += ["ShiftedTile", "shift_offsets", "shifted_segments", "shifted_tiles"]

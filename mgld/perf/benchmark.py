@@ -204,20 +204,36 @@ def _sampler_routed() -> bool:
 
 
 @contextlib.contextmanager
-def _route_sampler(cfg: Config):
+def _route_sampler(cfg: Config, network: nn.Module):
     """Route the sampler's tiled prediction through :func:`mgld.diffusion.batching.predict_noise` with the
-    configured ``tile_batch`` / ``tile_schedule`` (until :mod:`mgld.diffusion.sampling` calls it itself)."""
+    configured ``tile_batch`` / ``tile_schedule`` (until :mod:`mgld.diffusion.sampling` calls it itself);
+    ``tile_batch: auto`` is resolved once per latent geometry on ``network`` (the sampler may be handed a timing
+    wrapper of it)."""
     import mgld.diffusion.batching as batching
     import mgld.diffusion.sampling as sampling
+    from mgld.diffusion.tiling import shifted_tiles, tile_boxes
 
     if _sampler_routed():
         yield
         return
     original = sampling.predict_noise
     schedule, batch = cfg.sampling.tile_schedule, cfg.sampling.tile_batch
+    resolved: dict = {}
 
     def routed(denoiser, x, timestep, z_lr, num_frames, tile_size=64, tile_overlap=32, tile_batch=1):
-        return batching.predict_noise(denoiser, x, timestep, z_lr, num_frames, tile_size, tile_overlap, batch,
+        size = batch
+        if batch == "auto":
+            key = (tuple(x.shape), tile_size, tile_overlap)
+            if key not in resolved:
+                h, w = x.shape[-2:]
+                boxes = tile_boxes(h, w, tile_size, tile_overlap) if schedule == "overlap" else \
+                    [t.box for t in shifted_tiles(h, w, tile_size, 0)]
+                largest = max(boxes, key=lambda b: b.height * b.width)
+                resolved[key] = batching.resolve_tile_batch("auto", network, len(boxes),
+                                                            (largest.height, largest.width), num_frames, x.device,
+                                                            x.dtype)
+            size = resolved[key]
+        return batching.predict_noise(denoiser, x, timestep, z_lr, num_frames, tile_size, tile_overlap, size,
                                       tile_schedule=schedule)
 
     sampling.predict_noise = routed
@@ -282,6 +298,7 @@ def run_variant(variant: Variant, clip: Path, out: Path, *, peak_tflops: float |
     """Run ``variant`` on the frames at ``clip`` into ``out`` with a stage profiler; the measurements."""
     from mgld.models.efficiency import attention_backend
     from mgld.perf.work import latent_size, work_ratio
+    from mgld.pipeline.chunks import plan_chunks
     from mgld.pipeline.memory import Offloader
     from mgld.pipeline.runner import run
 
@@ -300,7 +317,7 @@ def run_variant(variant: Variant, clip: Path, out: Path, *, peak_tflops: float |
     sampler = None if device.type == "cuda" else _RssSampler()
     start = time.perf_counter()
     try:
-        with _route_sampler(cfg), attention_backend(cfg.infer.attention):
+        with _route_sampler(cfg, recorder), attention_backend(cfg.infer.attention):
             summary = run(pipe.config, clip, out, pipe=pipe, progress=False)
         _sync(device)
     finally:
@@ -317,13 +334,16 @@ def run_variant(variant: Variant, clip: Path, out: Path, *, peak_tflops: float |
     vae_tflop = sum(n * flops.vae(vae_net, "encode", s) for s, n in vae_recorder.encodes.items())
     vae_tflop += sum(n * flops.vae(vae_net, "decode", s, t) for (s, t), n in vae_recorder.decodes.items())
     unet_seconds, guidance_seconds = stats["encoder+unet"].seconds, stats["guidance"].seconds
-    steps_run = stats["encoder+unet"].calls  # steps x clips
-    # work: latent pixels the UNet evaluated (per frame) over latent pixels x steps of every clip
-    lr_hw = _clip_size(clip)
-    lat = latent_size(lr_hw, cfg.infer.scale, cfg.infer.min_short_side)
-    evaluated = sum(n * (shape[0] // t) * shape[2] * shape[3] for (shape, t), n in recorder.calls.items())
-    work_measured = evaluated / (steps_run * lat[0] * lat[1]) if steps_run else None
     s = cfg.sampling
+    lr_hw = _clip_size(clip)
+    clips = len(plan_chunks(frames_in(clip), cfg.chunk.frames, cfg.chunk.overlap))
+    passes = max(1, stats["vae_decode"].calls // max(1, clips))  # sampling passes per clip (pixel tiles)
+    steps_run = s.steps * clips * passes
+    # work: latent pixels the UNet evaluated (per frame) over the output latent pixels x steps of every clip
+    padding = getattr(cfg.infer, "padding", "fixed")
+    lat = latent_size(lr_hw, cfg.infer.scale, cfg.infer.min_short_side, padding=padding)
+    evaluated = sum(n * (shape[0] // t) * shape[2] * shape[3] for (shape, t), n in recorder.calls.items())
+    work_measured = evaluated / (s.steps * clips * lat[0] * lat[1]) if clips else None
     tiling = {"tile": s.latent_tile_size, "overlap": s.latent_tile_overlap}
     work_modelled = {"overlap": work_ratio(*lat, "overlap", **tiling)}  # as configured
     if 16 < s.latent_tile_size and s.latent_tile_overlap != 16:
@@ -331,8 +351,7 @@ def run_variant(variant: Variant, clip: Path, out: Path, *, peak_tflops: float |
     work_modelled["shifted"] = work_ratio(*lat, "shifted", tile=s.latent_tile_size, steps=s.steps)
     work_modelled["authors"] = work_ratio(*lat, "authors", **tiling)
     step_seconds = unet_seconds + guidance_seconds
-    per_clip_steps = s.steps
-    total_ref = seconds - step_seconds + step_seconds * REFERENCE_STEPS / per_clip_steps
+    total_ref = seconds - step_seconds + step_seconds * REFERENCE_STEPS / s.steps
     achieved = unet_tflop / unet_seconds if unet_seconds else None
     result = {
         "config": {"lr_size": list(lr_hw), "latent": list(lat), "frames": frames, "steps": s.steps,
@@ -345,7 +364,8 @@ def run_variant(variant: Variant, clip: Path, out: Path, *, peak_tflops: float |
         "total_seconds": seconds,
         "seconds_per_frame": seconds / frames if frames else None,
         "seconds_per_frame_50_steps": total_ref / frames if frames else None,
-        "denoising_steps": steps_run,
+        "denoising_steps": steps_run,  # steps x clips x sampling passes per clip
+        "clips": clips,
         "guidance_over_unet": guidance_seconds / unet_seconds if unet_seconds else None,
         "peak_bytes": peak,
         "denoiser": {
@@ -370,6 +390,12 @@ def _clip_size(clip: Path) -> tuple[int, int]:
 
     sequence = discover_sequences(clip, verify=False)[0]
     return sequence.height, sequence.width
+
+
+def frames_in(clip: Path) -> int:
+    from mgld.io.sequences import discover_sequences
+
+    return len(discover_sequences(clip, verify=False)[0].frame_names)
 
 
 def benchmark(cfg: Config, height: int, width: int, frames: int, workdir: Path, *, peak_tflops: float | None = None,
@@ -536,7 +562,8 @@ def table(result: dict) -> str:
     modelled = ", ".join(f"{k} {v:.2f}" for k, v in work["modelled"].items())
     lines += [
         "",
-        f"model load {result.get('model_load_seconds', 0):.2f} s; {_fmt(result['seconds_per_frame'], '.3f')} s per "
+        (f"model load {result['model_load_seconds']:.2f} s; " if "model_load_seconds" in result else "")
+        + f"{_fmt(result['seconds_per_frame'], '.3f')} s per "
         f"output frame ({_fmt(result['seconds_per_frame_50_steps'], '.3f')} s at {REFERENCE_STEPS} steps); "
         f"{result['denoising_steps']} denoising steps; guidance / (encoder+UNet) per step = "
         + (f"{ratio:.2%}" if ratio is not None else "n/a"),

@@ -10,11 +10,12 @@ Modes (:func:`work_ratio`):
   whole padded latent (docs/algorithm.md §5);
 * ``shifted`` — ``sampling.tile_schedule: shifted`` (:func:`mgld.diffusion.tiling.shifted_tiles`);
 * ``authors`` — the authors' per-pixel-tile chain: 960-px pixel tiles with stride 750, each sampled on its own
-  (≤ 120×120 latent) with 64/32 latent tiles; counted over the same padded frame as mgld's, so the three modes
-  differ only by their tiling.
+  (≤ 120×120 latent) with 64/32 latent tiles; counted over the same padded frame as mgld's, so the modes
+  differ only by their tiling. ``chain="pixel_tiles"`` applies any latent tiling (overlap 16, shifted) inside
+  the authors' pixel tiles.
 
 Frame geometry follows mgld's pre-processing (:func:`padded_size`): upsample by ``max(4, 512 / short side)``,
-pad each side to a multiple of 32.
+pad each side to a multiple of 32 (or by the authors' rule, ``padding="authors"``).
 """
 
 from __future__ import annotations
@@ -28,18 +29,29 @@ FRAME_SIZES = {"480p": (120, 213), "720p": (180, 320), "1080p": (270, 480), "4K"
 MODES = ("overlap", "shifted", "authors")
 
 
-def padded_size(lr_hw: tuple[int, int], scale: int = 4, min_short_side: int = 512, multiple: int = 32
-                ) -> tuple[int, int]:
-    """The upsampled, padded frame mgld encodes for an LR frame of ``lr_hw`` (docs/algorithm.md §5)."""
+def padded_size(lr_hw: tuple[int, int], scale: int = 4, min_short_side: int = 512, multiple: int = 32,
+                padding: str = "fixed") -> tuple[int, int]:
+    """The upsampled, padded frame mgld encodes for an LR frame of ``lr_hw`` (docs/algorithm.md §5).
+
+    ``padding="fixed"``: each side padded to the next multiple of 32; ``"authors"``: when either side is not a
+    multiple, both gain ``(x // 32 + 1)·32 − x`` (1280×720 -> 1312×736).
+    """
     h, w = lr_hw
     s = max(float(scale), min_short_side / min(h, w))
     size = (int(h * s), int(w * s))
+    if padding == "authors":
+        if all(v % multiple == 0 for v in size):
+            return size
+        return tuple((v // multiple + 1) * multiple for v in size)
+    if padding != "fixed":
+        raise ValueError(f"padding must be 'fixed' or 'authors', got {padding!r}")
     return tuple(v + (-v % multiple) for v in size)
 
 
-def latent_size(lr_hw: tuple[int, int], scale: int = 4, min_short_side: int = 512) -> tuple[int, int]:
+def latent_size(lr_hw: tuple[int, int], scale: int = 4, min_short_side: int = 512, padding: str = "fixed"
+                ) -> tuple[int, int]:
     """The latent grid (1/8 of :func:`padded_size`)."""
-    h, w = padded_size(lr_hw, scale, min_short_side)
+    h, w = padded_size(lr_hw, scale, min_short_side, padding=padding)
     return h // 8, w // 8
 
 
@@ -52,10 +64,29 @@ def authors_pixel_starts(length: int, tile: int = 960, stride: int = 750) -> lis
 
 
 def tile_evaluations(height: int, width: int, mode: str = "overlap", *, tile: int = 64, overlap: int = 32,
-                     steps: int = 50, min_tile: int | None = None, pixel_tile: int = 960, pixel_stride: int = 750
-                     ) -> tuple[float, list[tuple[int, int]]]:
+                     steps: int = 50, min_tile: int | None = None, chain: str = "whole", pixel_tile: int = 960,
+                     pixel_stride: int = 750) -> tuple[float, list[tuple[int, int]]]:
     """UNet latent-pixel evaluations per step over a ``height × width`` latent, and the tile shapes of one
-    step (all steps' shapes for ``shifted``), for a tiling ``mode`` (module docstring)."""
+    step (all steps' shapes for ``shifted``), for a tiling ``mode`` (module docstring).
+
+    ``chain="pixel_tiles"`` tiles each of the authors' pixel tiles (``pixel_tile``/``pixel_stride`` px) on its
+    own, as their chain does; ``mode="authors"`` is ``overlap`` with that chain.
+    """
+    if mode == "authors":
+        mode, chain = "overlap", "pixel_tiles"
+    if chain == "pixel_tiles":
+        lat_tile = pixel_tile // 8  # a pixel tile, in latent cells
+        total, shapes = 0.0, []
+        for top in authors_pixel_starts(height * 8, pixel_tile, pixel_stride):
+            for left in authors_pixel_starts(width * 8, pixel_tile, pixel_stride):
+                th, tw = min(lat_tile, height - top // 8), min(lat_tile, width - left // 8)
+                inner, inner_shapes = tile_evaluations(th, tw, mode, tile=tile, overlap=overlap, steps=steps,
+                                                       min_tile=min_tile)
+                total += inner
+                shapes += inner_shapes
+        return total, shapes
+    if chain != "whole":
+        raise ValueError(f"chain must be 'whole' or 'pixel_tiles', got {chain!r}")
     if mode == "overlap":
         boxes = tile_boxes(height, width, tile, overlap)
         return float(sum(b.height * b.width for b in boxes)), [(b.height, b.width) for b in boxes]
@@ -66,16 +97,6 @@ def tile_evaluations(height: int, width: int, mode: str = "overlap", *, tile: in
             total += sum(t.box.height * t.box.width for t in tiles)
             shapes += [(t.box.height, t.box.width) for t in tiles]
         return total / steps, shapes
-    if mode == "authors":
-        lat_tile = pixel_tile // 8  # a pixel tile, in latent cells
-        total, shapes = 0.0, []
-        for top in authors_pixel_starts(height * 8, pixel_tile, pixel_stride):
-            for left in authors_pixel_starts(width * 8, pixel_tile, pixel_stride):
-                th, tw = min(lat_tile, height - top // 8), min(lat_tile, width - left // 8)
-                inner, inner_shapes = tile_evaluations(th, tw, "overlap", tile=tile, overlap=overlap)
-                total += inner
-                shapes += inner_shapes
-        return total, shapes
     raise ValueError(f"unknown tiling mode {mode!r}; known: {MODES}")
 
 
@@ -86,7 +107,8 @@ def work_ratio(height: int, width: int, mode: str = "overlap", **kwargs) -> floa
 
 
 def work_table(sizes: dict[str, tuple[int, int]] | None = None, settings: Iterable[tuple[str, dict]] | None = None,
-               tflop_per_call: float | None = None, frames: int = 5, steps: int = 50) -> list[dict]:
+               tflop_per_call: float | None = None, frames: int = 5, steps: int = 50, padding: str = "fixed"
+               ) -> list[dict]:
     """One row per frame size: the latent grid and the work ratio of each setting (name, ``work_ratio`` kwargs).
 
     With ``tflop_per_call`` (one 64×64 denoiser call on ``frames`` frames), also the UNet TFLOP per output frame
@@ -98,10 +120,12 @@ def work_table(sizes: dict[str, tuple[int, int]] | None = None, settings: Iterab
         ("overlap-16", {"mode": "overlap", "overlap": 16}),
         ("shifted", {"mode": "shifted"}),
         ("authors", {"mode": "authors"}),
+        ("authors+ov16", {"mode": "overlap", "overlap": 16, "chain": "pixel_tiles"}),
+        ("authors+shifted", {"mode": "shifted", "chain": "pixel_tiles"}),
     ]
     rows = []
     for name, lr in sizes.items():
-        h, w = latent_size(lr)
+        h, w = latent_size(lr, padding=padding)
         row = {"size": name, "lr": list(lr), "latent": [h, w], "work_ratio": {}, "unet_tflop_per_frame": {}}
         for label, kwargs in settings:
             evaluations, _ = tile_evaluations(h, w, **kwargs)
@@ -113,18 +137,13 @@ def work_table(sizes: dict[str, tuple[int, int]] | None = None, settings: Iterab
     return rows
 
 
-def work_markdown(rows: list[dict]) -> str:
-    """Markdown table of :func:`work_table`."""
-    labels = list(rows[0]["work_ratio"])
-    flops = bool(rows[0]["unet_tflop_per_frame"])
-    head = "| size | LR | latent | " + " | ".join(labels) + (" | " + " | ".join(f"{x} TFLOP/frame" for x in labels)
-                                                              if flops else "") + " |"
-    lines = [head, "|" + "---|" * (3 + len(labels) * (2 if flops else 1))]
+def work_markdown(rows: list[dict], what: str = "work_ratio") -> str:
+    """Markdown table of :func:`work_table`: ``work_ratio`` (default) or ``unet_tflop_per_frame``."""
+    labels = list(rows[0][what])
+    lines = ["| size | LR | latent | " + " | ".join(labels) + " |", "|---|---|---|" + "---:|" * len(labels)]
     for r in rows:
         cells = [r["size"], "x".join(map(str, r["lr"])), "x".join(map(str, r["latent"]))]
-        cells += [f"{r['work_ratio'][x]:.2f}" for x in labels]
-        if flops:
-            cells += [f"{r['unet_tflop_per_frame'][x]:.0f}" for x in labels]
+        cells += [f"{r[what][x]:.2f}" if what == "work_ratio" else f"{r[what][x]:.0f}" for x in labels]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
