@@ -153,7 +153,9 @@ class OffloadProfiler(StageProfiler):
     @contextlib.contextmanager
     def stage(self, name: str):
         networks = [n for n in STAGE_NETWORKS.get(name, ()) if n in self.offloader.models]
-        with self.offloader.use(*networks), super().stage(name):
+        # a stage without networks (guidance) leaves the resident ones where they are
+        placement = self.offloader.use(*networks) if networks else contextlib.nullcontext()
+        with placement, super().stage(name):
             yield
 
 
