@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, Union
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -118,8 +118,9 @@ class SamplingConfig:
     flow_tile_crop: Literal["authors", "fixed"] = "authors"
     latent_tile_size: int = 64
     latent_tile_overlap: int = 32
-    tile_batch: int = 1
+    tile_batch: Union[int, Literal["auto"]] = 1  # noqa: UP007 (OmegaConf reads typing.Union, not X | Y)
     seed: int = 42
+    tile_schedule: Literal["overlap", "shifted"] = "overlap"
 
     def __post_init__(self) -> None:
         _check_choices(self, "sampling")
@@ -129,7 +130,8 @@ class SamplingConfig:
         _require(self.latent_tile_size > 0, "sampling.latent_tile_size", "must be > 0", self.latent_tile_size)
         _require(0 <= self.latent_tile_overlap < self.latent_tile_size, "sampling.latent_tile_overlap",
                  f"must be in [0, sampling.latent_tile_size = {self.latent_tile_size})", self.latent_tile_overlap)
-        _require(self.tile_batch >= 1, "sampling.tile_batch", "must be >= 1", self.tile_batch)
+        _require(self.tile_batch == "auto" or (isinstance(self.tile_batch, int) and self.tile_batch >= 1),
+                 "sampling.tile_batch", "must be >= 1 or auto", self.tile_batch)
 
 
 @dataclass
@@ -159,17 +161,19 @@ class DecodeConfig:
     §7)."""
 
     cfw_weight: float = 1.0
-    tile_size: int = 960
+    tile_size: Union[int, Literal["auto"]] = 960  # noqa: UP007 (OmegaConf reads typing.Union, not X | Y)
     tile_stride: int = 750
     color_fix: Literal["adain", "wavelet", "none"] = "adain"
 
     def __post_init__(self) -> None:
         _check_choices(self, "decode")
         _require(math.isfinite(self.cfw_weight), "decode.cfw_weight", "must be finite", self.cfw_weight)
-        _require(self.tile_size > 0 and self.tile_size % 8 == 0, "decode.tile_size",
-                 "must be a positive multiple of 8 (a whole number of latent pixels)", self.tile_size)
-        _require(0 < self.tile_stride <= self.tile_size, "decode.tile_stride",
-                 f"must be in [1, decode.tile_size = {self.tile_size}]", self.tile_stride)
+        size = 960 if self.tile_size == "auto" else self.tile_size  # auto: chosen from free memory at run time
+        _require(self.tile_size == "auto" or (isinstance(size, int) and size > 0 and size % 8 == 0),
+                 "decode.tile_size", "must be auto or a positive multiple of 8 (a whole number of latent pixels)",
+                 self.tile_size)
+        _require(0 < self.tile_stride <= size, "decode.tile_stride",
+                 f"must be in [1, decode.tile_size = {size}]", self.tile_stride)
 
 
 @dataclass
@@ -207,6 +211,12 @@ class InferConfig:
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     overwrite: bool = False
     num_nodes: int = 1
+    cast_weights: Union[bool, Literal["auto"]] = "auto"  # noqa: UP007
+    channels_last: bool = False
+    compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    attention: Literal["auto", "flash", "efficient", "cudnn", "math"] = "auto"
+    offload: Literal["none", "model", "sequential"] = "none"
 
     def __post_init__(self) -> None:
         _check_choices(self, "infer")
@@ -216,6 +226,8 @@ class InferConfig:
                  "must be auto, cpu, mps, cuda or cuda:N", self.device)
         _require(self.devices >= 1, "infer.devices", "must be >= 1", self.devices)
         _require(self.num_nodes >= 1, "infer.num_nodes", "must be >= 1", self.num_nodes)
+        _require(self.cast_weights in (True, False, "auto"), "infer.cast_weights", "must be true, false or auto",
+                 self.cast_weights)
         if self.precision in ("fp16", "bf16") and self.device in ("cpu", "mps"):
             raise ValueError(f"infer.precision: {self.precision} needs a CUDA device, but infer.device is "
                              f"{self.device!r}; use infer.precision=fp32 (or auto)")

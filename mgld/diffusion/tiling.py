@@ -179,3 +179,83 @@ __all__ = [
     "tile_boxes",
     "tile_starts",
 ]
+
+
+# --------------------------------------------------------------------------------------------------
+# Shifted non-overlapping tiles (``sampling.tile_schedule: shifted``, docs/algorithm.md §5)
+# --------------------------------------------------------------------------------------------------
+
+# R2 low-discrepancy sequence (Roberts 2018): successive steps get offsets spread evenly over the tile.
+_PLASTIC = 1.324717957244746025960908854
+
+
+@dataclass(frozen=True)
+class ShiftedTile:
+    """A tile the network is run on (``box``) and the part of the grid whose prediction it provides (``own``).
+
+    ``own`` lies inside ``box``; the ``own`` regions of one step partition the grid. ``box`` is ``own`` grown
+    inwards to at least ``min_tile`` per side where ``own`` is a short edge piece, so the network never runs on a
+    sliver.
+    """
+
+    box: TileBox
+    own: TileBox
+
+    def own_in_box(self) -> TileBox:
+        """``own`` in the coordinates of ``box`` (to crop the network's output)."""
+        return TileBox(self.own.top - self.box.top, self.own.left - self.box.left, self.own.height, self.own.width)
+
+
+def shift_offsets(step: int, tile: int) -> tuple[int, int]:
+    """Grid offsets ``(dy, dx)`` in ``[0, tile)`` for sampling step ``step``: a pure function of the step.
+
+    ``frac(0.5 + step·a)·tile`` with ``a = (1/g, 1/g²)``, ``g`` the plastic number (the R2 sequence), so the
+    seams of consecutive steps land far apart and, over many steps, evenly over the tile.
+    """
+    if tile <= 0:
+        raise ValueError(f"need tile > 0, got {tile}")
+    a1, a2 = 1.0 / _PLASTIC, 1.0 / (_PLASTIC * _PLASTIC)
+    return int(((0.5 + a1 * step) % 1.0) * tile), int(((0.5 + a2 * step) % 1.0) * tile)
+
+
+def shifted_segments(length: int, tile: int, offset: int, min_tile: int) -> list[tuple[int, int, int, int]]:
+    """One axis of the shifted grid: ``(eval_start, eval_len, own_start, own_len)`` per tile.
+
+    Cuts at ``offset + k·tile`` inside ``(0, length)``; each piece is owned by one tile. A piece shorter than
+    ``min_tile`` (an edge piece) is evaluated on ``min(min_tile, length)`` cells grown towards the inside of the
+    grid. ``length <= tile``: one tile, the whole axis.
+    """
+    if tile <= 0 or not 0 < min_tile <= tile:
+        raise ValueError(f"need tile > 0 and 0 < min_tile <= tile, got tile={tile}, min_tile={min_tile}")
+    if length <= tile:
+        return [(0, length, 0, length)]
+    offset %= tile
+    cuts = [0, *range(offset if offset else tile, length, tile), length]
+    cuts = sorted(set(cuts))
+    out = []
+    for start, stop in zip(cuts, cuts[1:]):
+        size = stop - start
+        grown = min(max(size, min_tile), length)
+        eval_start = start if start + grown <= length else length - grown
+        out.append((eval_start, grown, start, size))
+    return out
+
+
+def shifted_tiles(height: int, width: int, tile: int, step: int, min_tile: int | None = None) -> list[ShiftedTile]:
+    """Non-overlapping tiles of step ``step`` over a ``height × width`` grid, row by row (docs/algorithm.md §5).
+
+    The grid of ``tile``-sized cells is shifted by :func:`shift_offsets` ``(step, tile)``; each grid position is
+    owned by exactly one tile. ``min_tile`` (default ``tile // 4``) is the smallest side the network runs on.
+    """
+    min_tile = max(1, tile // 4) if min_tile is None else min_tile
+    dy, dx = shift_offsets(step, tile)
+    rows = shifted_segments(height, tile, dy, min_tile)
+    cols = shifted_segments(width, tile, dx, min_tile)
+    return [
+        ShiftedTile(TileBox(ey, ex, eh, ew), TileBox(oy, ox, oh, ow))
+        for ey, eh, oy, oh in rows
+        for ex, ew, ox, ow in cols
+    ]
+
+
+__all__ += ["ShiftedTile", "shift_offsets", "shifted_segments", "shifted_tiles"]

@@ -1,0 +1,211 @@
+"""Latent tiles × frames batched into denoiser calls (docs/algorithm.md §5; docs/notes/perf.md).
+
+:func:`predict_noise` is the tiled noise prediction of one sampling step with the tiles grouped into as few
+denoiser calls as the memory allows (``sampling.tile_batch``: an integer, or ``auto``):
+
+* tiles are grouped by shape (``(height, width)``), so tiles of unequal size — the edge tiles of the shifted
+  schedule — are batched with their equals instead of running one at a time; in the overlapping schedule every
+  tile has the same shape (the last tile of an axis is snapped to the end, docs/algorithm.md §5);
+* ``auto`` takes the largest batch whose activations fit in the free memory, from the call's peak tensor memory
+  counted on the meta device (:mod:`mgld.perf.simulate`) for 1 and 2 tiles (it grows linearly);
+* the Gaussian window and its normalisation are built once per geometry and device (no host→device copy and no
+  host synchronisation per step); the timestep tensor is made on the device;
+* overlapping tiles are accumulated in fp32 in tile order (the same sums as one tile per call);
+  ``tile_schedule="shifted"`` copies each tile's owned part (:func:`mgld.diffusion.tiling.shifted_tiles`).
+
+Batching changes the result only by floating-point rounding. Measured on the CPU (docs/notes/perf.md), each
+layer re-run on a 2-tile batch: in the full-size denoiser only the ``Linear`` layers' matrix products differ
+(the GEMM's blocking depends on the number of rows; ≤ 5e-7), convolutions (2-D, the temporal ``Conv3d``), norms and
+attention do not; in the tiny test network small 1×1/3×3 convolutions differ too (oneDNN picks its algorithm by
+batch). One full-size call on 2 tiles differs from 2 calls by at most 1.6e-6 (|ε̂| up to 1.75); the tests bound
+the tiled prediction by 1e-5 (tests/test_batching.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import weakref
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from mgld.diffusion.tiling import ShiftedTile, TileBox, gaussian_weights, shifted_tiles, tile_boxes
+
+TILE_SCHEDULES = ("overlap", "shifted")
+
+
+def plan_batches(shapes: Sequence[tuple[int, int]], batch: int, uniform: bool = False) -> list[list[int]]:
+    """Indices of tiles per denoiser call: tiles grouped by shape (first-seen order, tile order inside a group),
+    each group cut into calls of at most ``batch`` tiles, of sizes as equal as possible.
+
+    ``uniform``: every call of a group gets the same number of slots (the last call repeats its last tile; the
+    repeated outputs are dropped), so a compiled network sees one batch size per tile shape.
+    """
+    if batch < 1:
+        raise ValueError(f"tile batch must be >= 1, got {batch}")
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, shape in enumerate(shapes):
+        groups.setdefault(tuple(shape), []).append(index)
+    calls = []
+    for members in groups.values():
+        count = math.ceil(len(members) / batch)
+        size = math.ceil(len(members) / count)
+        for start in range(0, len(members), size):
+            call = members[start:start + size]
+            if uniform and len(call) < size:
+                call = call + [call[-1]] * (size - len(call))
+            calls.append(call)
+    return calls
+
+
+@functools.lru_cache(maxsize=32)
+def _gaussian_blend(height: int, width: int, boxes: tuple[TileBox, ...], device: torch.device, dtype: torch.dtype):
+    """The Gaussian windows of ``boxes`` (one per distinct tile shape) and ``1 / Σ window`` over the grid."""
+    windows = {(b.height, b.width): gaussian_weights(b.height, b.width) for b in boxes}
+    norm = torch.zeros(height, width, dtype=torch.float32)
+    for b in boxes:
+        b.crop(norm).add_(windows[(b.height, b.width)])
+    if not bool((norm > 0).all()):
+        raise ValueError(f"the tiles do not cover the whole {height}x{width} grid")
+    windows = {shape: w.to(device=device, dtype=dtype) for shape, w in windows.items()}
+    return windows, norm.to(device=device, dtype=dtype)
+
+
+def _check_cover(tiles: Sequence[ShiftedTile], height: int, width: int) -> None:
+    if sum(t.own.height * t.own.width for t in tiles) != height * width:
+        raise ValueError(f"the shifted tiles do not partition the {height}x{width} grid")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# tile_batch: auto
+# ---------------------------------------------------------------------------------------------------------
+
+_CALL_COST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # denoiser -> {(shape, dtype): (a, b)}
+
+
+def call_cost(denoiser: torch.nn.Module, tile: tuple[int, int], num_frames: int, dtype: torch.dtype,
+              channels: int = 4, autocast: torch.dtype | None = None) -> tuple[int, int]:
+    """``(fixed, per_tile)`` bytes so that one call on ``n`` tiles of ``tile`` (inputs of ``dtype``, under
+    ``autocast`` to that dtype if given) peaks at ``fixed + n·per_tile`` bytes of activations; counted on the
+    meta device for 1 and 2 tiles, cached per network and shape."""
+    from mgld.perf.simulate import peak_bytes
+
+    key = (tuple(tile), num_frames, dtype, channels, autocast)
+    cache = _CALL_COST.setdefault(denoiser, {})
+    if key not in cache:
+        t = torch.zeros(1, dtype=torch.long)
+
+        def peak(n: int) -> int:
+            x = torch.empty(n * num_frames, channels, *tile, dtype=dtype)
+            return peak_bytes(denoiser, denoiser, x, t, x, num_frames, autocast=autocast)
+
+        one, two = peak(1), peak(2)
+        cache[key] = (max(0, 2 * one - two), max(1, two - one))
+    return cache[key]
+
+
+def resolve_tile_batch(
+    tile_batch: int | str,
+    denoiser: torch.nn.Module,
+    tiles: int,
+    tile: tuple[int, int],
+    num_frames: int,
+    device: torch.device | str,
+    dtype: torch.dtype,
+    *,
+    budget: int | None = None,
+    fraction: float = 0.8,
+) -> int:
+    """The number of tiles per denoiser call: ``tile_batch`` itself, or for ``auto`` the most tiles whose
+    activations fit in ``fraction`` of the free memory of ``device`` (or of ``budget`` bytes), between 1 and
+    ``tiles``. Resolve once per clip so that every step batches alike."""
+    if tile_batch != "auto":
+        if not isinstance(tile_batch, int) or tile_batch < 1:
+            raise ValueError(f"sampling.tile_batch must be an integer >= 1 or 'auto', got {tile_batch!r}")
+        return min(tile_batch, max(tiles, 1))
+    if budget is None:
+        from mgld.pipeline.memory import free_bytes
+
+        budget = free_bytes(device)
+    device = torch.device(device)
+    amp = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+    fixed, per_tile = call_cost(denoiser, tile, num_frames, dtype, autocast=amp)
+    fits = int((fraction * budget - fixed) // per_tile)
+    return max(1, min(tiles, fits))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The tiled noise prediction
+# ---------------------------------------------------------------------------------------------------------
+
+
+def predict_noise(
+    denoiser: Callable,
+    x: Tensor,
+    timestep: int,
+    z_lr: Tensor,
+    num_frames: int,
+    tile_size: int = 64,
+    tile_overlap: int = 32,
+    tile_batch: int | str = 1,
+    *,
+    tile_schedule: str = "overlap",
+    step: int | None = None,
+    min_tile: int | None = None,
+    uniform_batches: bool = False,
+) -> Tensor:
+    """ε̂ over the whole latent from tiles batched into denoiser calls (module docstring).
+
+    x, z_lr: ``t 4 h w`` (one clip of ``num_frames`` frames) -> ``t 4 h w`` (fp32 when tiled).
+    ``tile_schedule``: ``overlap`` (tiles of ``tile_size`` overlapping by ``tile_overlap``, Gaussian-blended;
+    the authors' scheme) or ``shifted`` (non-overlapping tiles on a grid shifted at each step; ``step`` (default:
+    ``timestep``) picks the offsets, ``min_tile`` the smallest evaluated side, default ``tile_size // 4``).
+    ``tile_batch``: tiles per call, or ``auto`` (:func:`resolve_tile_batch`, from the free memory at this call:
+    resolve it once per clip instead, so that every step batches alike).
+    """
+    if tile_schedule not in TILE_SCHEDULES:
+        raise ValueError(f"sampling.tile_schedule must be one of {TILE_SCHEDULES}, got {tile_schedule!r}")
+    height, width = x.shape[-2:]
+    t = torch.full((1,), timestep, device=x.device, dtype=torch.long)  # made on the device: no copy, no sync
+    if tile_schedule == "overlap":
+        boxes = tile_boxes(height, width, tile_size, tile_overlap)
+        shifted = None
+    else:
+        shifted = shifted_tiles(height, width, tile_size, timestep if step is None else step, min_tile)
+        _check_cover(shifted, height, width)
+        boxes = [s.box for s in shifted]
+    if len(boxes) == 1:
+        return denoiser(x, t, z_lr, num_frames)
+    if tile_batch == "auto":  # sized for the largest tile (every call holds at most that many of them)
+        if not isinstance(denoiser, torch.nn.Module):
+            raise TypeError("tile_batch='auto' needs the denoiser network (an nn.Module) to count its memory; "
+                            "resolve it with resolve_tile_batch(...) on the network and pass the integer")
+        largest = max(boxes, key=lambda b: b.height * b.width)
+        tile_batch = resolve_tile_batch("auto", denoiser, len(boxes), (largest.height, largest.width), num_frames,
+                                        x.device, x.dtype)
+    batch = tile_batch
+    out_dtype = torch.promote_types(x.dtype, torch.float32)
+    out = torch.zeros(x.shape, device=x.device, dtype=out_dtype)
+    if shifted is None:
+        windows, norm = _gaussian_blend(height, width, tuple(boxes), x.device, out_dtype)
+    frames = x.shape[0]
+    for call in plan_batches([(b.height, b.width) for b in boxes], batch, uniform_batches):
+        xs = torch.cat([boxes[i].crop(x) for i in call]) if len(call) > 1 else boxes[call[0]].crop(x)
+        zs = torch.cat([boxes[i].crop(z_lr) for i in call]) if len(call) > 1 else boxes[call[0]].crop(z_lr)
+        eps = denoiser(xs, t, zs, num_frames)
+        seen = set()
+        for i, e in zip(call, eps.split(frames)):
+            if i in seen:  # a repeated slot of a uniform batch
+                continue
+            seen.add(i)
+            if shifted is None:
+                box = boxes[i]
+                box.crop(out).add_(e.to(out_dtype) * windows[(box.height, box.width)])
+            else:
+                shifted[i].own.crop(out).copy_(shifted[i].own_in_box().crop(e))
+    return out / norm if shifted is None else out
+
+
+__all__ = ["TILE_SCHEDULES", "call_cost", "plan_batches", "predict_noise", "resolve_tile_batch"]

@@ -1,0 +1,86 @@
+"""All the noise of a clip drawn once, moved to the device in one transfer (docs/notes/perf.md).
+
+The per-frame streams (:class:`mgld.diffusion.noise.FrameNoise`) are CPU generators, so that the noise of a frame
+is the same on every device; drawing them step by step costs a CPU draw and a blocking host→device copy inside
+the step loop. :func:`draw_clip_noise` makes the same draws up front, in the same order, into one (pinned) host
+buffer and copies it once, asynchronously; :class:`ClipNoise` hands the draws out in order. The values are those
+of the step-by-step draws, bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+
+def draw_clip_noise(draw: Callable[[], Tensor], count: int, device: torch.device | str | None = None,
+                    dtype: torch.dtype = torch.float32) -> Tensor:
+    """``count`` successive results of ``draw()`` (a CPU tensor each, e.g. ``FrameNoise.draw``) stacked as
+    ``count *shape`` and moved to ``device`` in one copy (from pinned memory, without blocking, on CUDA)."""
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    first = draw()
+    if first.device.type != "cpu":
+        raise ValueError("draw() must return CPU tensors (the per-frame streams are CPU generators)")
+    pinned = device.type == "cuda" and torch.cuda.is_available()
+    buffer = torch.empty((count, *first.shape), dtype=first.dtype, pin_memory=pinned)
+    buffer[0] = first
+    for i in range(1, count):
+        buffer[i] = draw()
+    return buffer.to(device=device, dtype=dtype, non_blocking=pinned)
+
+
+class ClipNoise:
+    """The draws of a clip, made up front by :func:`draw_clip_noise`; :meth:`draw` returns them in order.
+
+    A drop-in for ``FrameNoise.draw`` in a loop that knows how many draws it will make (one for the VAE
+    posterior, one for ``x_T``, one per step with ``k > 0``: ``steps + 1``)::
+
+        noise = ClipNoise(frame_noise.draw, steps + 1, device)
+        z_lr = encode(up, noise.draw())
+    """
+
+    def __init__(self, draw: Callable[[], Tensor], count: int, device: torch.device | str | None = None,
+                 dtype: torch.dtype = torch.float32):
+        self.draws = draw_clip_noise(draw, count, device, dtype)
+        self._next = 0
+
+    def __len__(self) -> int:
+        return self.draws.shape[0]
+
+    def draw(self, device=None, dtype=None) -> Tensor:
+        """The next draw, ``t *shape`` (a view of the device buffer; ``device``/``dtype`` convert if given)."""
+        if self._next >= len(self):
+            raise IndexError(f"ClipNoise: all {len(self)} draws were used")
+        out = self.draws[self._next]
+        self._next += 1
+        return out if device is None and dtype is None else out.to(device=device, dtype=dtype)
+
+
+class DeviceFrameNoise:
+    """A noise source answering ``draw(kind, step, box)`` from whole-frame draws kept on the device.
+
+    ``frame_draw(j)`` gives whole-frame draw ``j`` of every frame's stream (``t c H W`` on the CPU, e.g.
+    ``FrameNoise.frame_draw``), ``count`` draws are made up front (one transfer), and ``index(kind, step)`` maps a
+    request to its draw (e.g. ``lambda kind, step: draw_index(kind, step, num_steps)``); the answer is the crop of
+    that draw at ``box`` (any object with ``crop``, a :class:`~mgld.diffusion.tiling.TileBox`), on the device — the
+    values of the CPU streams.
+    """
+
+    def __init__(self, frame_draw: Callable[[int], Tensor], count: int, index: Callable[[str, int | None], int],
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32):
+        draws = iter(range(count))
+        self.draws = draw_clip_noise(lambda: frame_draw(next(draws)), count, device, dtype)
+        self.index = index
+
+    def draw(self, kind: str, step: int | None, box) -> Tensor:
+        j = self.index(kind, step)
+        if not 0 <= j < self.draws.shape[0]:
+            raise IndexError(f"noise draw {j} ({kind}, step {step}) was not made up front ({self.draws.shape[0]})")
+        return box.crop(self.draws[j])
+
+
+__all__ = ["ClipNoise", "DeviceFrameNoise", "draw_clip_noise"]

@@ -1,0 +1,60 @@
+"""All the noise of a clip drawn up front (mgld.diffusion.clip_noise): the values of the step-by-step draws."""
+
+import pytest
+import torch
+
+from mgld.diffusion.clip_noise import ClipNoise, DeviceFrameNoise, draw_clip_noise
+from mgld.diffusion.noise import FrameNoise
+from mgld.diffusion.tiling import TileBox
+
+
+@pytest.mark.parametrize("shape", [(4, 13, 7), (4, 16, 16)])  # sizes that are and are not a multiple of 16
+def test_clip_noise_equals_the_per_step_draws(shape):
+    steps = 6
+    sequential = FrameNoise(42, [3, 4, 5, 6, 7], shape)
+    expected = [sequential.draw() for _ in range(steps + 1)]  # posterior, x_T, steps k = N-1 .. 1
+    noise = ClipNoise(FrameNoise(42, [3, 4, 5, 6, 7], shape).draw, steps + 1, "cpu")
+    assert len(noise) == steps + 1 and noise.draws.shape == (steps + 1, 5, *shape)
+    for want in expected:
+        assert torch.equal(noise.draw(), want)
+    with pytest.raises(IndexError):
+        noise.draw()
+
+
+def test_draw_clip_noise_converts_dtype_and_checks_its_input():
+    draws = draw_clip_noise(FrameNoise(0, [0, 1], (4, 3, 3)).draw, 3, "cpu", torch.float64)
+    assert draws.dtype == torch.float64 and draws.shape == (3, 2, 4, 3, 3)
+    assert torch.equal(draws[0].float(), FrameNoise(0, [0, 1], (4, 3, 3)).draw())
+    with pytest.raises(ValueError):
+        draw_clip_noise(FrameNoise(0, [0], (1,)).draw, 0)
+    with pytest.raises(ValueError, match="CPU"):
+        draw_clip_noise(lambda: torch.zeros(1, device="meta"), 2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_clip_noise_on_the_device_equals_the_cpu_streams():
+    shape = (4, 12, 20)
+    stream = FrameNoise(7, [0, 1, 2], shape)
+    want = [stream.draw() for _ in range(4)]
+    noise = ClipNoise(FrameNoise(7, [0, 1, 2], shape).draw, 4, "cuda")
+    assert noise.draws.is_cuda
+    assert all(torch.equal(noise.draw().cpu(), w) for w in want)
+
+
+def test_device_frame_noise_answers_crops_of_the_whole_frame_draws():
+    stream = FrameNoise(5, [0, 1], (4, 12, 20))
+    whole = [stream.draw() for _ in range(4)]  # whole-frame draws 0..3 of every frame's stream
+    calls = []
+
+    def frame_draw(j):
+        calls.append(j)
+        return whole[j]
+
+    order = {("posterior", None): 0, ("x_T", None): 1, ("xi", 2): 2, ("xi", 1): 3}
+    noise = DeviceFrameNoise(frame_draw, 4, lambda kind, step: order[(kind, step)], "cpu")
+    assert calls == [0, 1, 2, 3]  # every draw made once, up front
+    box = TileBox(2, 5, 8, 10)
+    assert torch.equal(noise.draw("xi", 1, box), box.crop(whole[3]))
+    assert torch.equal(noise.draw("posterior", None, TileBox(0, 0, 12, 20)), whole[0])
+    with pytest.raises(IndexError):
+        DeviceFrameNoise(frame_draw, 2, lambda kind, step: order[(kind, step)]).draw("xi", 1, box)
