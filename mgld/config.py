@@ -184,6 +184,7 @@ class ChunkConfig:
     overlap: int = 0
     anchor_strength: float = 0.5
     short_sequences: Literal["repeat", "short"] = "repeat"
+    tail: Literal["repeat", "shift"] = "repeat"
 
     def __post_init__(self) -> None:
         _check_choices(self, "chunk")

@@ -35,7 +35,7 @@ def _clip(t=5, h=24, w=32, seed=0):
     (3, 5, 0, [0]), (10, 5, 0, [0, 5]), (12, 5, 0, [0, 5, 7]), (12, 5, 2, [0, 3, 6, 7]), (5, 5, 2, [0]),
 ])
 def test_plan_chunks_cover_every_frame_and_write_it_once(n, frames, overlap, starts):
-    chunks = plan_chunks(n, frames, overlap)
+    chunks = plan_chunks(n, frames, overlap, tail="shift")
     assert [c.start for c in chunks] == starts
     assert all(c.stop - c.start == min(frames, n) for c in chunks)
     written = [i for c in chunks for i in range(c.start + c.shared_prev, c.stop)]
@@ -43,6 +43,24 @@ def test_plan_chunks_cover_every_frame_and_write_it_once(n, frames, overlap, sta
     for prev, nxt in zip(chunks, chunks[1:]):
         assert prev.shared_next == nxt.shared_prev == prev.stop - nxt.start
         assert nxt.anchored == (overlap > 0) and prev.record == (prev.shared_next if overlap else 0)
+
+
+def test_the_tail_clip_holds_the_remaining_frames_by_default_as_the_authors():
+    # the authors pad the frame list by repeating the last name: 32 frames end with the clip 30, 31, 31, 31, 31
+    chunks = plan_chunks(32, 5)
+    assert [(c.start, c.stop) for c in chunks] == [(s, s + 5) for s in range(0, 30, 5)] + [(30, 32)]
+    assert all(c.shared_prev == 0 for c in chunks)
+    assert [(c.start, c.stop) for c in plan_chunks(32, 5, tail="shift")][-1] == (27, 32)
+    assert plan_chunks(32, 5, 2) == plan_chunks(32, 5, 2, tail="shift")  # overlap: always shifted
+    with pytest.raises(ValueError, match="chunk.tail"):
+        plan_chunks(32, 5, tail="pad")
+
+
+def test_a_short_tail_clip_is_sampled_with_its_last_frame_repeated(pipe):
+    lr = _clip(7, 8, 8)
+    out = pipe(lr, progress_bar=False)
+    tail = pipe.upscale_clip(lr[5:], [5, 6]).frames  # padded inside to 5 frames (short_sequences=repeat)
+    assert torch.equal(out[5:], tail) and out.shape[0] == 7
 
 
 @pytest.mark.parametrize("h,w", [(7, 9), (13, 21), (24, 32)])

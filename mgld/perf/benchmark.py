@@ -338,7 +338,7 @@ def run_variant(variant: Variant, clip: Path, out: Path, *, peak_tflops: float |
     unet_seconds, guidance_seconds = stats["encoder+unet"].seconds, stats["guidance"].seconds
     s = cfg.sampling
     lr_hw = _clip_size(clip)
-    clips = len(plan_chunks(frames_in(clip), cfg.chunk.frames, cfg.chunk.overlap))
+    clips = len(plan_chunks(frames_in(clip), cfg.chunk.frames, cfg.chunk.overlap, cfg.chunk.tail))
     passes = max(1, stats["vae_decode"].calls // max(1, clips))  # sampling passes per clip (pixel tiles)
     steps_run = s.steps * clips * passes
     # work: latent pixels the UNet evaluated (per frame) over the output latent pixels x steps of every clip

@@ -416,7 +416,7 @@ class MGLDPipeline:
                            guidance_scale=cfg.sampling.guidance_scale if guidance_scale is None else guidance_scale,
                            seed=cfg.sampling.seed if seed is None else seed)
         lr = to_frames_tensor(frames)
-        chunks = plan_chunks(len(lr), cfg.chunk.frames, cfg.chunk.overlap)
+        chunks = plan_chunks(len(lr), cfg.chunk.frames, cfg.chunk.overlap, cfg.chunk.tail)
         total = len(chunks) * self.num_passes(*lr.shape[-2:]) * sampling.steps
         out, trajectory = [None] * len(lr), {}
         with tqdm(total=total, desc="MGLD", unit="step", disable=not progress_bar, leave=False) as bar:

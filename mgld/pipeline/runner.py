@@ -346,7 +346,7 @@ def _plan(cfg: Config, input_path: Path, output_path: Path, device_type: str, al
     for seq, target in zip(sequences, targets):
         try:
             _warn_upsampling(cfg, seq)
-            chunks = plan_chunks(len(seq), cfg.chunk.frames, cfg.chunk.overlap)
+            chunks = plan_chunks(len(seq), cfg.chunk.frames, cfg.chunk.overlap, cfg.chunk.tail)
             units, segments = plan_units(chunks, kind, cfg.output.segment_frames)
             record = RunRecord(str(seq.source.resolve()), input_identity(seq.input_files(), seq.kind == "frames"),
                                pixel_settings(cfg, kind, device_type), __version__)
