@@ -13,13 +13,13 @@ import pytest
 import torch
 from skimage import data
 
+from conftest import ROOT
 from mgld.eval import evaluation as E
 from mgld.eval import inputs as I
 from mgld.eval import report as R
 from mgld.eval import testset as T
 from mgld.io.frames import InputError, write_png
 
-ROOT = Path(__file__).resolve().parents[1]
 DX = 3  # horizontal pan, pixels per frame
 
 
