@@ -1,5 +1,7 @@
-"""Shared test set-up: offline hubs, deterministic seeds, few CPU threads."""
+"""Shared test set-up: offline hubs, deterministic seeds, one-thread fixtures, the inference tests' tiny config and
+pipeline (their plain helpers: infer_helpers.py; the training tests': training_helpers.py)."""
 
+import contextlib
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -43,3 +45,67 @@ def oracle_cfg():
 
 def load_oracle(name: str) -> dict:
     return torch.load(ORACLE_DIR / name, map_location="cpu", weights_only=True)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """Run the block with ``count`` intra-op torch threads, then restore the previous number."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: the same float results as worker subprocesses, which run with OMP_NUM_THREADS=1."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """One torch thread for a whole module (``pytestmark = pytest.mark.usefixtures("one_thread_module")``). Tiny
+    models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP threads waiting for each other
+    stall steps by seconds (measured: 0.25 s vs 3-7 s per stage-2 step)."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    """The inference tests' config: configs/tiny.yaml with ``infer_helpers.TINY_OVERRIDES`` (a module may define
+    its own ``cfg``)."""
+    from infer_helpers import TINY, TINY_OVERRIDES
+    from mgld.config import load_config
+
+    return load_config(TINY, TINY_OVERRIDES)
+
+
+@pytest.fixture(scope="module")
+def pipe(cfg):
+    """A tiny random-weight pipeline built from ``cfg`` (a module may define its own ``pipe``)."""
+    from mgld.pipeline.pipeline import MGLDPipeline
+
+    return MGLDPipeline.from_config(cfg)
+
+
+@pytest.fixture
+def no_model_building(monkeypatch):
+    """Any real (non-``meta``) network construction in the training runner fails the test (the training tests'
+    check that inputs are validated first)."""
+    import mgld.training.runner as runner
+
+    def guard(name, real):
+        def build(*args, **kwargs):
+            if torch.get_default_device().type != "meta":  # shape checks on the meta device are allowed
+                raise AssertionError(f"{name} was called before the inputs were checked")
+            return real(*args, **kwargs)
+
+        return build
+
+    for name in ("build_denoiser", "build_vae", "init_denoiser_from_sd", "init_vae_from_sd", "load_denoiser",
+                 "load_vae"):
+        monkeypatch.setattr(runner, name, guard(name, getattr(runner, name)))

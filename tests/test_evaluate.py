@@ -1,4 +1,5 @@
-"""Evaluation over folders: test-set determinism, matching and refusals, reports, temporal profiles, CLIs."""
+"""Evaluation over folders: test-set determinism, matching and refusals, reading 8/16-bit frames, reports, temporal
+profiles, CLIs."""
 
 import hashlib
 import importlib.util
@@ -12,14 +13,23 @@ import pytest
 import torch
 from skimage import data
 
+from conftest import ROOT
 from mgld.eval import evaluation as E
+from mgld.eval import inputs as I
+from mgld.eval import report as R
+from mgld.eval import testset as T
+from mgld.io.frames import InputError, write_png
 
-ROOT = Path(__file__).resolve().parents[1]
 DX = 3  # horizontal pan, pixels per frame
 
 
 def _script(name):
     return importlib.import_module(f"mgld.cli.{name}")
+
+
+def _write(folder: Path, stems, frames) -> None:
+    for stem, frame in zip(stems, frames):
+        write_png(folder / f"{stem}.png", frame)
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
@@ -32,16 +42,16 @@ def dataset(tmp_path_factory):
     """HR: 2 sequences x 4 frames of 64x96 panned photographs; LR (degraded, seed 0); bicubic x4."""
     root = tmp_path_factory.mktemp("set")
     for name, photo, start in (("000", data.astronaut(), (180, 150)), ("011", data.coffee(), (100, 200))):
-        frames = E.panning_sequence(photo, 4, (64, 96), (0, DX), start)
-        E.write_sequence(root / "hr" / name, [f"{i:08d}" for i in range(4)], frames)
-    E.make_testset(root / "hr", root / "lr", seed=0, progress=False)
-    E.upscale_bicubic(root / "lr", root / "bicubic")
+        frames = T.panning_sequence(photo, 4, (64, 96), (0, DX), start)
+        _write(root / "hr" / name, [f"{i:08d}" for i in range(4)], frames)
+    T.make_testset(root / "hr", root / "lr", seed=0, progress=False)
+    T.upscale_bicubic(root / "lr", root / "bicubic")
     return root
 
 
 def test_testset_is_byte_deterministic_per_seed(dataset, tmp_path):
-    E.make_testset(dataset / "hr", tmp_path / "again", seed=0, progress=False)
-    E.make_testset(dataset / "hr", tmp_path / "other", seed=1, progress=False)
+    T.make_testset(dataset / "hr", tmp_path / "again", seed=0, progress=False)
+    T.make_testset(dataset / "hr", tmp_path / "other", seed=1, progress=False)
     first, again, other = (_tree_digest(p) for p in (dataset / "lr", tmp_path / "again", tmp_path / "other"))
     assert len(first) == 2 * 4 + 1 and first == again
     assert set(other) == set(first) and all(other[k] != first[k] for k in first if k.endswith(".png"))
@@ -54,15 +64,15 @@ def test_manifest_records_parameters_per_sequence(dataset):
     assert seq["hr_size_hw"] == [64, 96] and seq["lr_size_hw"] == [16, 24]
     assert seq["params"]["stage1"]["codec"]["encoder"] in {"libx264", "mpeg4"}
     assert manifest["config"]["stage2"]["blur"]["prob"] == 0.8
-    assert E.read_frame(dataset / "lr" / "000" / "00000003.png").shape == (16, 24, 3)
-    assert E.read_frame(dataset / "bicubic" / "011" / "00000000.png").shape == (64, 96, 3)
+    assert I.read_frame(dataset / "lr" / "000" / "00000003.png").shape == (16, 24, 3)
+    assert I.read_frame(dataset / "bicubic" / "011" / "00000000.png").shape == (64, 96, 3)
 
 
 def test_markdown_table_one_row_per_method_one_column_per_metric(dataset):
     settings = E.EvalSettings(metrics=("psnr", "ssim", "flicker", "ewarp"), flow="dis")
     report = E.evaluate({"bicubic": dataset / "bicubic", "oracle": dataset / "hr"}, dataset / "hr", settings,
                         progress=False)
-    rows = [line for line in E.markdown_table(report).splitlines() if line.startswith("|")]
+    rows = [line for line in R.markdown_table(report).splitlines() if line.startswith("|")]
     header, body = rows[0], rows[2:]
     assert [c.strip() for c in header.strip("|").split("|")] == ["Method", "PSNR↑", "SSIM↑", "Flicker↓",
                                                                   "E*warp(×10⁻³)↓"]
@@ -76,7 +86,7 @@ def test_markdown_table_one_row_per_method_one_column_per_metric(dataset):
 def test_report_files_and_dataset_mean(dataset, tmp_path):
     settings = E.EvalSettings(metrics=("psnr", "flicker"))
     report = E.evaluate({"bicubic": dataset / "bicubic"}, dataset / "hr", settings, progress=False)
-    files = E.write_report(report, tmp_path)
+    files = R.write_report(report, tmp_path)
     per_frame = files["per_frame"].read_text().splitlines()
     assert per_frame[0] == "method,sequence,index,frame,psnr,flicker" and len(per_frame) == 1 + 2 * 4
     seq_means = [v["psnr"] for v in report.per_sequence["bicubic"].values()]
@@ -88,41 +98,77 @@ def test_report_files_and_dataset_mean(dataset, tmp_path):
 def test_mismatched_frames_are_refused_naming_the_sequence(dataset, tmp_path):
     pred = tmp_path / "pred"
     for name in ("000", "011"):
-        frames = E.load_sequence(E.list_sequences(dataset / "hr")[name], name)
-        E.write_sequence(pred / name, [f"{i:08d}" for i in range(4)], frames)
+        frames = I.load_sequence(I.list_sequences(dataset / "hr")[name])
+        _write(pred / name, [f"{i:08d}" for i in range(4)], frames)
     (pred / "011" / "00000003.png").unlink()
     with pytest.raises(ValueError, match=r"sequence '011': 3 predicted frames for 4 GT frames.*00000003"):
         E.evaluate({"m": pred}, dataset / "hr", E.EvalSettings(metrics=("psnr",)), progress=False)
-    small = E.read_frame(dataset / "lr" / "011" / "00000003.png")
-    E.write_frame(pred / "011" / "00000003.png", small)
-    with pytest.raises(ValueError, match=r"sequence '011'.*00000003"):
+    small = I.read_frame(dataset / "lr" / "011" / "00000003.png")
+    write_png(pred / "011" / "00000003.png", small)
+    with pytest.raises(ValueError, match=r"method 'm': .*011/00000003\.png: frame is 24x16 but 00000000\.png is 96x64"):
         E.evaluate({"m": pred}, dataset / "hr", E.EvalSettings(metrics=("psnr",)), progress=False)
-    lr = E.load_sequence(E.list_sequences(dataset / "lr")["011"], "011")
-    E.write_sequence(pred / "011", [f"{i:08d}" for i in range(4)], lr)  # every frame 16x24, GT 64x96
+    lr = I.load_sequence(I.list_sequences(dataset / "lr")["011"])
+    _write(pred / "011", [f"{i:08d}" for i in range(4)], lr)  # every frame 16x24, GT 64x96
     with pytest.raises(ValueError, match=r"method 'm', sequence '011': frames are \(16, 24\), GT \(64, 96\)"):
         E.evaluate({"m": pred}, dataset / "hr", E.EvalSettings(metrics=("psnr",)), progress=False)
 
 
 def test_nested_layout_is_found(tmp_path):
     frame = np.zeros((8, 8, 3), np.uint8)
-    E.write_sequence(tmp_path / "calendar" / "truth", ["1", "10", "2"], [frame] * 3)
-    seqs = E.list_sequences(tmp_path)
-    assert [p.name for p in seqs["calendar"]] == ["1.png", "2.png", "10.png"]  # natural order
+    _write(tmp_path / "calendar" / "truth", ["1", "10", "2"], [frame] * 3)
+    _write(tmp_path / "walk" / "truth", ["0"], [frame])
+    seqs = I.list_sequences(tmp_path)
+    assert list(seqs) == ["calendar", "walk"]
+    assert [p.name for p in seqs["calendar"].files] == ["1.png", "2.png", "10.png"]  # natural order
+    _write(tmp_path / "walk" / "input4", ["0"], [frame])  # two frame folders: which one is meant?
+    with pytest.raises(InputError, match=r"GT: .*walk: sequence 'walk' holds no image frames and 2 sub-folders with "
+                                         r"frames \(\['input4', 'truth'\]\); expected exactly one"):
+        I.list_sequences(tmp_path, "GT")
+
+
+def test_sixteen_bit_frames_read_as_inference_reads_them(tmp_path):
+    """A 16-bit frame is scaled by its type (v / 65535, as inference reads it) and rounded to 8 bits: v·257 is v."""
+    import cv2
+
+    from mgld.io.frames import frames_to_tensor, read_image
+
+    rgb = np.random.default_rng(0).integers(0, 256, (8, 12, 3), dtype=np.uint8)
+    deep = np.random.default_rng(1).integers(0, 65536, (8, 12, 3), dtype=np.uint16)
+    write_png(tmp_path / "eight" / "a" / "0.png", rgb)
+    write_png(tmp_path / "sixteen" / "a" / "0.png", rgb, bit_depth=16)  # v * 257
+    cv2.imwrite(str(tmp_path / "deep16.png"), deep[..., ::-1])
+    cv2.imwrite(str(tmp_path / "gray16.png"), deep[..., 0])
+    assert np.array_equal(I.read_frame(tmp_path / "sixteen" / "a" / "0.png"), rgb)
+    as_inference = frames_to_tensor([read_image(tmp_path / "deep16.png")])[0].permute(1, 2, 0).numpy()
+    expected = np.rint(as_inference * 255).astype(np.uint8)
+    assert np.array_equal(I.read_frame(tmp_path / "deep16.png"), expected)
+    assert np.array_equal(expected, np.rint(deep / 257.0))  # the nearest 8-bit level (OpenCV's 8-bit read: v >> 8)
+    assert np.array_equal(I.read_frame(tmp_path / "gray16.png"), np.repeat(expected[..., :1], 3, -1))
+    report = E.evaluate({"16bit": tmp_path / "sixteen"}, tmp_path / "eight", E.EvalSettings(metrics=("psnr",)),
+                        progress=False)
+    assert report.per_frame[0]["psnr"] == float("inf")  # the same frame stored at 8 and at 16 bits
+
+
+def test_videos_are_refused_naming_the_file(tmp_path):
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "pred" / "clip.mp4").write_bytes(b"")
+    with pytest.raises(InputError, match=r"method 'm': .*clip\.mp4"):
+        E.prepare({"m": tmp_path / "pred"}, settings=E.EvalSettings(metrics=("niqe",)))
 
 
 def test_temporal_profile_of_a_translation_is_sheared():
     texture = np.random.default_rng(0).integers(0, 256, (32, 200, 3), dtype=np.uint8)
-    frames = E.panning_sequence(texture, 8, (32, 120), (0, DX))
-    profile = E.temporal_profile(frames, row=5)
+    frames = T.panning_sequence(texture, 8, (32, 120), (0, DX))
+    profile = R.temporal_profile(frames, row=5)
     assert profile.shape == (8, 120, 3)
     for t in range(7):  # each line is the previous one moved left by DX: slope = -DX px per frame
         errors = [np.abs(profile[t + 1, : 120 - abs(s)].astype(int)
                          - profile[t, s:][: 120 - abs(s)].astype(int)).mean() if s >= 0 else np.inf
                   for s in range(0, 8)]
         assert int(np.argmin(errors)) == DX and errors[DX] == 0
-    assert E.temporal_profile(frames, col=7).shape == (8, 32, 3)
+    assert R.temporal_profile(frames, col=7).shape == (8, 32, 3)
     with pytest.raises(ValueError, match="outside"):
-        E.temporal_profile(frames, row=32)
+        R.temporal_profile(frames, row=32)
 
 
 def test_evaluate_cli_writes_report_and_profiles(dataset, tmp_path, capsys):
@@ -166,10 +212,10 @@ def small(tmp_path_factory):
     root = tmp_path_factory.mktemp("small")
     for size in (128, 64):
         for name, start in (("a", (100, 100)), ("b", (200, 150))):
-            frames = E.panning_sequence(data.astronaut(), 3, (size, size), (0, DX), start)
-            E.write_sequence(root / f"gt{size}" / name, ["0", "1", "2"], frames)
+            frames = T.panning_sequence(data.astronaut(), 3, (size, size), (0, DX), start)
+            _write(root / f"gt{size}" / name, ["0", "1", "2"], frames)
             noisy = np.clip(frames + np.random.default_rng(0).normal(0, 5, frames.shape), 0, 255).astype(np.uint8)
-            E.write_sequence(root / f"pred{size}" / name, ["0", "1", "2"], noisy)
+            _write(root / f"pred{size}" / name, ["0", "1", "2"], noisy)
     return root
 
 
@@ -200,7 +246,7 @@ def test_options_and_output_folder_are_checked_before_computing(small, tmp_path,
     blocker.write_text("x")
     short = tmp_path / "lr"  # an LR input with a frame missing
     for name in ("a", "b"):
-        E.write_sequence(short / name, ["0", "1"], np.zeros((2, 16, 16, 3), np.uint8))
+        _write(short / name, ["0", "1"], np.zeros((2, 16, 16, 3), np.uint8))
     base = ["--pred", f"m={small / 'pred64'}", "--gt", str(small / "gt64"), "--metrics", "psnr,ewarp", "--quiet"]
     cases = [
         (["--out", str(blocker / "report")], rf"--out {blocker / 'report'}: {blocker} is a file, not a folder"),
@@ -236,13 +282,14 @@ def test_ewarp_flow_from_the_upsampled_lr_input(dataset, monkeypatch):
             return ref.new_zeros(ref.shape[0], 2, *ref.shape[-2:])
 
     from mgld.eval import metrics as M
+    from mgld.io.frames import frames_to_tensor
 
     monkeypatch.setattr(M, "build_flow", lambda *a, **k: (Recorder(), "recorder"))
     settings = E.EvalSettings(metrics=("ewarp",), flow_from="lr")
     report = E.evaluate({"bicubic": dataset / "bicubic"}, dataset / "hr", settings, progress=False, lr=dataset / "lr")
     assert "the LR input, bicubic-upsampled (flow source lr)" in report.notes["ewarp"]
-    lr = E.load_sequence(E.list_sequences(dataset / "lr")["000"], "000")
-    expected = M.to_tensor(E.upsample_to(lr, (64, 96)))
+    lr = I.load_sequence(I.list_sequences(dataset / "lr")["000"])
+    expected = frames_to_tensor(I.upsample_to(lr, (64, 96)))
     assert torch.equal(seen[0][0], expected[0]) and torch.equal(seen[1][0], expected[1])  # ref of fwd, then bwd
     assert report.mean["bicubic"]["ewarp"] > 0
 

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
+from infer_helpers import NAMES, TINY, pngs, with_sections
 from mgld.config import load_config
 from mgld.io.sequences import FrameWriter, InputError
 from mgld.pipeline.pipeline import MGLDPipeline
@@ -20,29 +21,12 @@ from mgld.pipeline.runner import run
 from mgld.weights.checkpoints import CheckpointError, save_model_folder
 from test_video_io import H, W, make_video, read_video, save_frames
 
-TINY = ROOT / "configs" / "tiny.yaml"
-NAMES = [f"im{i}.png" for i in (1, 2, 3, 10, 11, 12)]  # natural order 1, 2, 3, 10, 11, 12
-
-
-@pytest.fixture(scope="module")
-def cfg():
-    return load_config(TINY, ["sampling.steps=1", "sampling.guidance_scale=10"])
-
-
-@pytest.fixture(scope="module")
-def pipe(cfg):
-    return MGLDPipeline.from_config(cfg)
-
-
-def _pngs(folder):
-    return sorted(p.name for p in folder.glob("*.png"))
-
 
 def test_frame_folder_to_frames_same_names_4x(tmp_path, cfg, pipe):
     save_frames(tmp_path / "lr", NAMES)
     summary = run(cfg, tmp_path / "lr", tmp_path / "sr", pipe=pipe, progress=False)
     assert summary.frames_written == 6 and summary.frames_skipped == 0
-    assert _pngs(tmp_path / "sr") == sorted(NAMES)
+    assert pngs(tmp_path / "sr") == sorted(NAMES)
     assert Image.open(tmp_path / "sr" / "im12.png").size == (4 * W, 4 * H)
 
 
@@ -50,8 +34,8 @@ def test_folder_of_sequences_gives_one_folder_each(tmp_path, cfg, pipe):
     save_frames(tmp_path / "lr" / "000", NAMES[:3])
     save_frames(tmp_path / "lr" / "011", NAMES[:2])
     run(cfg, tmp_path / "lr", tmp_path / "sr", pipe=pipe, progress=False)
-    assert _pngs(tmp_path / "sr" / "000") == sorted(NAMES[:3])
-    assert _pngs(tmp_path / "sr" / "011") == sorted(NAMES[:2])
+    assert pngs(tmp_path / "sr" / "000") == sorted(NAMES[:3])
+    assert pngs(tmp_path / "sr" / "011") == sorted(NAMES[:2])
 
 
 @pytest.mark.parametrize("audio", [None, "aac"])
@@ -67,7 +51,7 @@ def test_video_to_video_keeps_rate_and_audio(tmp_path, cfg, pipe, audio):
 def test_video_to_frames(tmp_path, cfg, pipe):
     make_video(tmp_path / "in.mkv", 4)
     run(cfg, tmp_path / "in.mkv", tmp_path / "sr", pipe=pipe, progress=False)
-    assert _pngs(tmp_path / "sr") == [f"{i:08d}.png" for i in range(4)]
+    assert pngs(tmp_path / "sr") == [f"{i:08d}.png" for i in range(4)]
 
 
 def test_resume_after_interruption_is_identical_and_keeps_finished_frames(tmp_path, cfg, pipe, monkeypatch):
@@ -86,12 +70,12 @@ def test_resume_after_interruption_is_identical_and_keeps_finished_frames(tmp_pa
     with pytest.raises(KeyboardInterrupt):
         run(cfg, tmp_path / "lr", tmp_path / "sr", pipe=pipe, progress=False)
     monkeypatch.setattr(FrameWriter, "write", original)
-    assert len(_pngs(tmp_path / "sr")) == 6 and not list((tmp_path / "sr").glob("*.tmp"))
+    assert len(pngs(tmp_path / "sr")) == 6 and not list((tmp_path / "sr").glob("*.tmp"))
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "sr").glob("*.png")}
     summary = run(cfg, tmp_path / "lr", tmp_path / "sr", pipe=pipe, progress=False)
     assert summary.frames_written == 2 and summary.frames_skipped == 6
     assert all((tmp_path / "sr" / n).stat().st_mtime_ns == t for n, t in before.items())
-    for name in _pngs(tmp_path / "ref"):
+    for name in pngs(tmp_path / "ref"):
         assert np.array_equal(np.asarray(Image.open(tmp_path / "sr" / name)),
                               np.asarray(Image.open(tmp_path / "ref" / name))), name
 
@@ -165,7 +149,7 @@ def test_cli_smoke_on_the_sample_clip(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     assert out.returncode == 0, out.stderr
     assert "RANDOM WEIGHTS" in out.stderr
-    assert len(_pngs(tmp_path / "sr")) == len(_pngs(ROOT / "mgld/assets/sample_lr"))
+    assert len(pngs(tmp_path / "sr")) == len(pngs(ROOT / "mgld/assets/sample_lr"))
     bad = subprocess.run([sys.executable, "scripts/infer.py", "--config", str(TINY), "--input",
                           str(tmp_path / "missing"), "--output", str(tmp_path / "x")],
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
@@ -190,10 +174,6 @@ def test_cli_help_lists_every_flag():
 # --------------------------------------------------------------------------------------
 
 
-def _with(cfg, **sections):
-    return replace(cfg, **{name: replace(getattr(cfg, name), **values) for name, values in sections.items()})
-
-
 def _decoded(path, fmt="rgb24"):
     with av.open(str(path)) as container:
         return [f.to_ndarray(format=fmt) for f in container.decode(video=0)]
@@ -202,11 +182,11 @@ def _decoded(path, fmt="rgb24"):
 def test_frames_to_lossless_video_holds_exactly_the_png_frames(tmp_path, cfg, pipe):
     save_frames(tmp_path / "lr", NAMES)
     run(cfg, tmp_path / "lr", tmp_path / "sr", pipe=pipe, progress=False)
-    ffv1 = _with(cfg, output={"codec": "ffv1", "fps": 12.5})
+    ffv1 = with_sections(cfg, output={"codec": "ffv1", "fps": 12.5})
     run(ffv1, tmp_path / "lr", tmp_path / "sr.mkv", pipe=pipe, progress=False)
-    pngs = [np.asarray(Image.open(tmp_path / "sr" / n)) for n in NAMES]  # natural order = frame order
+    frames = [np.asarray(Image.open(tmp_path / "sr" / n)) for n in NAMES]  # natural order = frame order
     decoded = _decoded(tmp_path / "sr.mkv")
-    assert len(decoded) == 6 and all(np.array_equal(a, b) for a, b in zip(decoded, pngs))
+    assert len(decoded) == 6 and all(np.array_equal(a, b) for a, b in zip(decoded, frames))
     _, stream, _ = read_video(tmp_path / "sr.mkv")
     assert stream.average_rate == Fraction(25, 2) and stream.codec_context.name == "ffv1"
 
@@ -216,7 +196,7 @@ def test_folder_of_videos_to_folder_of_videos(tmp_path, cfg, pipe):
     make_video(tmp_path / "in" / "b.mp4", 3, audio="aac")
     make_video(tmp_path / "in" / "a.mov", 4, rate=Fraction(30))
     save_frames(tmp_path / "in" / "c", NAMES[:2])
-    cfg_video = _with(cfg, output={"format": "video", "fps": 10.0})
+    cfg_video = with_sections(cfg, output={"format": "video", "fps": 10.0})
     run(cfg_video, tmp_path / "in", tmp_path / "out", pipe=pipe, progress=False)
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == [
         "a.mp4", "b.mp4", "c.mp4"]
@@ -230,8 +210,8 @@ def test_folder_of_videos_to_folder_of_videos(tmp_path, cfg, pipe):
 def test_sixteen_bit_png_and_rounding(tmp_path, cfg, pipe):
     save_frames(tmp_path / "lr", NAMES[:2])
     run(cfg, tmp_path / "lr", tmp_path / "t8", pipe=pipe, progress=False)
-    run(_with(cfg, output={"quantize": "round"}), tmp_path / "lr", tmp_path / "r8", pipe=pipe, progress=False)
-    run(_with(cfg, output={"bit_depth": 16}), tmp_path / "lr", tmp_path / "t16", pipe=pipe, progress=False)
+    run(with_sections(cfg, output={"quantize": "round"}), tmp_path / "lr", tmp_path / "r8", pipe=pipe, progress=False)
+    run(with_sections(cfg, output={"bit_depth": 16}), tmp_path / "lr", tmp_path / "t16", pipe=pipe, progress=False)
     t8, r8 = (np.asarray(Image.open(tmp_path / d / NAMES[0])).astype(int) for d in ("t8", "r8"))
     t16 = cv2.imread(str(tmp_path / "t16" / NAMES[0]), cv2.IMREAD_UNCHANGED)[..., ::-1].astype(int)
     assert cv2.imread(str(tmp_path / "t16" / NAMES[0]), cv2.IMREAD_UNCHANGED).dtype == np.uint16
@@ -243,7 +223,7 @@ def test_sixteen_bit_png_and_rounding(tmp_path, cfg, pipe):
     (tmp_path / "lr16").mkdir()
     for name in NAMES[:2]:
         cv2.imwrite(str(tmp_path / "lr16" / name), cv2.imread(str(tmp_path / "lr" / name)).astype(np.uint16) * 257)
-    auto = _with(cfg, output={"bit_depth": None})
+    auto = with_sections(cfg, output={"bit_depth": None})
     for source, bits in (("lr", np.uint8), ("lr16", np.uint16)):
         run(auto, tmp_path / source, tmp_path / f"auto_{source}", pipe=pipe, progress=False)
         assert cv2.imread(str(tmp_path / f"auto_{source}" / NAMES[0]), cv2.IMREAD_UNCHANGED).dtype == bits

@@ -7,7 +7,9 @@ from skimage import color, data, metrics
 
 from mgld._compat import import_basicsr
 from mgld.eval import metrics as M
-from mgld.eval.evaluation import EvalSettings, build_metrics, panning_sequence
+from mgld.eval.evaluation import EvalSettings, build_metrics
+from mgld.eval.testset import panning_sequence
+from mgld.io.frames import frames_to_tensor
 
 VELOCITY = (1, 3)  # (dy, dx) pixels per frame
 
@@ -77,7 +79,7 @@ class ExactFlow:
     ``estimator(f_t, f_s)`` (warps f_s onto f_t) is ``-(s - t) * velocity``."""
 
     def __init__(self, frames):
-        self.frames = M.to_tensor(frames)
+        self.frames = frames_to_tensor(frames)
 
     def __call__(self, ref, sup):
         t_ref = next(i for i, f in enumerate(self.frames) if torch.equal(f, ref[0]))
@@ -174,7 +176,7 @@ def test_ewarp_equals_the_lai_formula_on_a_pair_with_a_known_occlusion():
     expected = sq / count
     assert count == 3 * (h * w - 8) and expected == pytest.approx(0.16206215558118672, rel=1e-12)  # 40 visible px
 
-    first = M.to_tensor(frames[:1])
+    first = frames_to_tensor(frames[:1])
     estimator = FixedFlows(first, torch.from_numpy(fwd).float()[None], torch.from_numpy(bwd).float()[None])
     mask = M.occlusion_mask_lai(estimator.fwd, estimator.bwd)[0, 0].numpy().astype(bool)
     assert np.array_equal(mask, expected_mask)

@@ -8,45 +8,16 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import replace
 
 import av
 import numpy as np
 import pytest
-import torch
 
 from conftest import ROOT
-from mgld.config import load_config
+from infer_helpers import NAMES, TINY, TINY_OVERRIDES, with_sections
 from mgld.pipeline.chunks import plan_chunks
-from mgld.pipeline.pipeline import MGLDPipeline
 from mgld.pipeline.runner import Job, plan_units, run, split_work, written_range
-from test_infer import NAMES, TINY
 from test_video_io import make_video, save_frames
-
-OVERRIDES = ["sampling.steps=1", "sampling.guidance_scale=10"]
-
-
-@pytest.fixture(scope="module")
-def cfg():
-    return load_config(TINY, ["sampling.steps=1", "sampling.guidance_scale=10"])  # as in test_infer
-
-
-@pytest.fixture(scope="module")
-def pipe(cfg):
-    return MGLDPipeline.from_config(cfg)
-
-
-def _with(cfg, **sections):
-    return replace(cfg, **{name: replace(getattr(cfg, name), **values) for name, values in sections.items()})
-
-
-@pytest.fixture
-def one_thread():
-    """Same float results as the worker processes, which run with OMP_NUM_THREADS=1."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _tree(folder):
@@ -112,7 +83,7 @@ def test_video_segments_follow_the_written_ranges():
 
 @pytest.mark.parametrize("kind", ["frame_folder", "sequences", "video"])
 def test_shards_give_the_single_process_result(tmp_path, cfg, pipe, kind):
-    cfg = _with(cfg, output={"segment_frames": 4})
+    cfg = with_sections(cfg, output={"segment_frames": 4})
     source, out = _inputs(tmp_path, kind)
     run(cfg, source, tmp_path / "one" / out, pipe=pipe, progress=False)
     written = [run(cfg, source, tmp_path / "two" / out, pipe=pipe, progress=False, shard=(i, 3)).frames_written
@@ -130,12 +101,12 @@ def test_shards_give_the_single_process_result(tmp_path, cfg, pipe, kind):
 
 @pytest.mark.parametrize("kind", ["frame_folder", "sequences", "video"])
 def test_two_cpu_processes_write_what_one_process_writes(tmp_path, cfg, pipe, one_thread, kind):
-    cfg = _with(cfg, output={"segment_frames": 4})
+    cfg = with_sections(cfg, output={"segment_frames": 4})
     source, out = _inputs(tmp_path, kind)
     run(cfg, source, tmp_path / "one" / out, pipe=pipe, progress=False)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "mgld", "infer", "--config", str(TINY), "--input", str(source), "--output",
-           str(tmp_path / "two" / out), "--devices", "2", "--device", "cpu", "--quiet", *OVERRIDES,
+           str(tmp_path / "two" / out), "--devices", "2", "--device", "cpu", "--quiet", *TINY_OVERRIDES,
            "output.segment_frames=4"]
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-from dataclasses import replace
 from fractions import Fraction
 
 import numpy as np
@@ -20,44 +19,15 @@ import torch
 from PIL import Image
 
 from conftest import ROOT
-from mgld.config import load_config
+from infer_helpers import NAMES, TINY, pngs, with_sections
 from mgld.io.frames import InputError, OutputError
 from mgld.pipeline.pipeline import MGLDPipeline
 from mgld.pipeline.runner import run
-from test_infer import NAMES, TINY
 from test_video_io import H, W, make_video, read_video, save_frames
-
-
-@pytest.fixture(scope="module")
-def cfg():
-    return load_config(TINY, ["sampling.steps=1", "sampling.guidance_scale=10"])  # as in test_infer
-
-
-@pytest.fixture(scope="module")
-def pipe(cfg):
-    return MGLDPipeline.from_config(cfg)
-
-
-def _pngs(folder):
-    return sorted(p.name for p in folder.glob("*.png"))
 
 
 def _no_model(monkeypatch):
     monkeypatch.setattr(MGLDPipeline, "from_config", lambda *a, **k: pytest.fail("model built before the check"))
-
-
-def _with(cfg, **sections):
-    """``cfg`` with fields replaced, e.g. ``_with(cfg, infer={"overwrite": True})``."""
-    return replace(cfg, **{name: replace(getattr(cfg, name), **values) for name, values in sections.items()})
-
-
-@pytest.fixture
-def one_thread():
-    """Same float results as the subprocesses, which run with OMP_NUM_THREADS=1."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -103,7 +73,8 @@ def test_leftover_frames_of_another_input_stop_the_run(tmp_path, cfg, pipe):
     assert f"{tmp_path / 'sr'}: holds the results of another input ({tmp_path / 'a'})" in str(err.value)
     assert "--overwrite" in str(err.value)
     assert Image.open(tmp_path / "sr" / NAMES[0]).size == (4 * W, 4 * H)  # untouched
-    summary = run(_with(cfg, infer={"overwrite": True}), tmp_path / "b", tmp_path / "sr", pipe=pipe, progress=False)
+    summary = run(with_sections(cfg, infer={"overwrite": True}), tmp_path / "b", tmp_path / "sr", pipe=pipe,
+                  progress=False)
     assert summary.frames_written == 3
     assert all(Image.open(tmp_path / "sr" / n).size == (64, 64) for n in NAMES[:3])
     assert run(cfg, tmp_path / "b", tmp_path / "sr", pipe=pipe, progress=False).frames_skipped == 3
@@ -127,7 +98,7 @@ def test_existing_video_of_another_input_stops_the_run(tmp_path, cfg, pipe):
     (tmp_path / ".out.mp4.mgld.json").unlink()  # a video from elsewhere: no record at all
     with pytest.raises(InputError, match="no record of the mgld run"):
         run(cfg, tmp_path / "twelve.mp4", tmp_path / "out.mp4", pipe=pipe, progress=False)
-    run(_with(cfg, infer={"overwrite": True}), tmp_path / "twelve.mp4", tmp_path / "out.mp4", pipe=pipe,
+    run(with_sections(cfg, infer={"overwrite": True}), tmp_path / "twelve.mp4", tmp_path / "out.mp4", pipe=pipe,
         progress=False)
     frames, stream, _ = read_video(tmp_path / "out.mp4")
     assert len(frames) == 12 and stream.average_rate == 30
@@ -151,7 +122,7 @@ def test_damaged_outputs_are_redone_and_only_they(tmp_path, cfg, pipe):
 def test_other_settings_are_redone_and_a_moved_input_is_not(tmp_path, cfg, pipe):
     save_frames(tmp_path / "lr", NAMES[:3])
     run(cfg, tmp_path / "lr", tmp_path / "sr", pipe=pipe, progress=False)
-    reseeded = _with(cfg, sampling={"seed": 7})
+    reseeded = with_sections(cfg, sampling={"seed": 7})
     other = MGLDPipeline(pipe.denoiser, pipe.vae, reseeded)
     assert run(reseeded, tmp_path / "lr", tmp_path / "sr", pipe=other, progress=False).frames_written == 3
     manifest = json.loads((tmp_path / "sr" / ".mgld" / "manifest.json").read_text())
@@ -192,7 +163,7 @@ def test_video_resumed_after_sigkill_equals_an_uninterrupted_one_byte_for_byte(t
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     parts = sorted(p.name for p in (tmp_path / ".a.mp4.parts").iterdir())
     assert len([p for p in parts if p.endswith(".mp4")]) == 2 and not (tmp_path / "a.mp4").exists()
-    cfg = _with(cfg, output={"segment_frames": 4})
+    cfg = with_sections(cfg, output={"segment_frames": 4})
     resumed = run(cfg, tmp_path / "in.mp4", tmp_path / "a.mp4", pipe=pipe, progress=False)
     assert (resumed.frames_skipped, resumed.frames_written) == (10, 6)
     run(cfg, tmp_path / "in.mp4", tmp_path / "b.mp4", pipe=pipe, progress=False)
@@ -221,7 +192,7 @@ def test_truncated_faststart_video_is_caught_before_any_model(tmp_path, cfg, pip
             run(cfg, cut, tmp_path / "out.mp4", progress=False)
     assert str(cut) in str(err.value) and "of the 20 frames its index lists" in str(err.value)
     summary = run(cfg, cut, tmp_path / "sr", pipe=pipe, progress=False, allow_truncated=True)
-    assert 0 < summary.frames_written == len(_pngs(tmp_path / "sr")) < 20
+    assert 0 < summary.frames_written == len(pngs(tmp_path / "sr")) < 20
 
 
 def test_keep_going_skips_broken_sequences_and_reports_them(tmp_path, cfg, pipe, monkeypatch):
@@ -292,7 +263,7 @@ def test_full_disk_is_one_clear_error_and_finished_frames_stay(tmp_path, cfg, pi
     with pytest.raises(OutputError) as err:
         run(cfg, tmp_path / "lr", tmp_path / "sr", pipe=pipe, progress=False, keep_going=True)  # not skipped
     assert str(tmp_path / "sr" / NAMES[5]) in str(err.value) and "No space left on device" in str(err.value)
-    assert len(_pngs(tmp_path / "sr")) == 5 and not list((tmp_path / "sr").glob(".*tmp"))
+    assert len(pngs(tmp_path / "sr")) == 5 and not list((tmp_path / "sr").glob(".*tmp"))
     monkeypatch.setattr(frames, "atomic_write", original)
     assert run(cfg, tmp_path / "lr", tmp_path / "sr", pipe=pipe, progress=False).frames_written == 1
 
@@ -356,4 +327,4 @@ def test_cli_keep_going_reports_the_skipped_sequence_and_exits_non_zero(tmp_path
     err = capsys.readouterr().err
     assert code == 1 and f"error: b skipped: {tmp_path / 'lr' / 'b' / NAMES[0]}" in err and "Traceback" not in err
     assert "1 sequence(s) failed and were skipped" in err
-    assert _pngs(tmp_path / "sr" / "a") == sorted(NAMES[:2]) and not (tmp_path / "sr" / "b").exists()
+    assert pngs(tmp_path / "sr" / "a") == sorted(NAMES[:2]) and not (tmp_path / "sr" / "b").exists()

@@ -19,45 +19,27 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from torch.utils.data import default_collate
 
+from conftest import ROOT
 from mgld.config import load_config
 from mgld.io.frames import InputError
 from mgld.models import build_denoiser, build_vae
 from mgld.models.discriminator import PatchDiscriminator
 from mgld.training import LossConfig, Stage1System, Stage2System, build_stage1, build_stage2, train
 from mgld.training.config import load_train_config
-from mgld.training.data import write_synthetic_sequences, write_synthetic_stage2
+from mgld.training.data import write_synthetic_sequences
 from mgld.training.runner import prepare_run_dir
 from mgld.weights.checkpoints import CheckpointError, load_state_dict_file
+from training_helpers import tiny_config, write_training_data
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 T = 5
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP threads waiting for
-    each other stall steps by seconds (measured: 0.25 s vs 3-7 s per stage-2 step)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """Moving-texture clips (2 sequences x 10 frames, 32x32) with bicubic LQ frames and random latents."""
-    root = tmp_path_factory.mktemp("data")
-    clips = write_synthetic_sequences(root / "clips", num_sequences=2, num_frames=10, size=(32, 32))
-    write_synthetic_stage2(clips, root / "generated")
-    return root
-
-
-def tiny_cfg(stage: int, data: Path, out: Path, *overrides: str):
-    base = [f"data.root={data / 'clips'}", f"output_dir={out}", "trainer.checkpoint_every_n_steps=2"]
-    if stage == 2:
-        base.append(f"data.generated_root={data / 'generated'}")
-    return load_train_config(CONFIGS / f"tiny_stage{stage}.yaml", base + list(overrides))
+    return write_training_data(tmp_path_factory.mktemp("data"))
 
 
 class CaptureStart(Callback):
@@ -98,7 +80,7 @@ def _same_optimizer_state(a: dict, b: dict) -> bool:
 
 @pytest.fixture(scope="module")
 def stage1_run(data, tmp_path_factory):
-    cfg = tiny_cfg(1, data, tmp_path_factory.mktemp("runs") / "stage1", "trainer.max_steps=3")
+    cfg = tiny_config(1, data, tmp_path_factory.mktemp("runs") / "stage1", "trainer.max_steps=3")
     initial = _initial_state(build_stage1, cfg)
     run_dir = train(cfg, enable_progress_bar=False)
     return cfg, run_dir, initial
@@ -134,7 +116,7 @@ def test_stage1_resume_continues_at_the_saved_step_with_the_saved_optimizer_stat
     with pytest.raises(FileExistsError, match="--resume"):
         prepare_run_dir(cfg, resume=False)
     capture = CaptureStart()
-    cfg5 = tiny_cfg(1, Path(cfg.data.root).parent, run_dir, "trainer.max_steps=5")
+    cfg5 = tiny_config(1, Path(cfg.data.root).parent, run_dir, "trainer.max_steps=5")
     train(cfg5, resume=True, callbacks=[capture], enable_progress_bar=False)
     assert capture.step == 3
     assert _same_optimizer_state(capture.states[0], saved["optimizer_states"][0])
@@ -146,7 +128,7 @@ def test_stage1_resume_continues_at_the_saved_step_with_the_saved_optimizer_stat
 
 
 def test_stage1_overfits_a_fixed_batch(data, tmp_path):
-    cfg = tiny_cfg(1, data, tmp_path / "run")
+    cfg = tiny_config(1, data, tmp_path / "run")
     system, datamodule = build_stage1(cfg)
     batch = default_collate([datamodule.dataset[0]])
     optimizer = torch.optim.Adam(system.trainable, lr=2e-3)
@@ -162,12 +144,12 @@ def test_stage1_overfits_a_fixed_batch(data, tmp_path):
 
 
 def test_per_frame_timesteps_and_frozen_norm_are_the_default_and_the_fixes_are_options(data, tmp_path):
-    system, _ = build_stage1(tiny_cfg(1, data, tmp_path / "run"))  # the authors' run
+    system, _ = build_stage1(tiny_config(1, data, tmp_path / "run"))  # the authors' run
     t = system.sample_timesteps(3, T)
     assert t.shape == (15,) and len(set(t.tolist())) > 3  # independent per frame
     norm = system.denoiser.unet.temporal.attention.norm
     assert not norm.weight.requires_grad and system.denoiser.unet.temporal.attention.temporal_alpha.requires_grad
-    fixed = tiny_cfg(1, data, tmp_path / "run", "stage1.timesteps=clip", "stage1.train_temporal_norm=true")
+    fixed = tiny_config(1, data, tmp_path / "run", "stage1.timesteps=clip", "stage1.train_temporal_norm=true")
     system, _ = build_stage1(fixed)
     clip = system.sample_timesteps(3, T).view(3, T)
     assert (clip == clip[:, :1]).all() and len(set(clip[:, 0].tolist())) > 1  # one timestep per clip
@@ -190,7 +172,7 @@ def sd_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stage2_run(data, sd_folder, tmp_path_factory):
-    cfg = tiny_cfg(2, data, tmp_path_factory.mktemp("runs") / "stage2", "trainer.max_steps=3",
+    cfg = tiny_config(2, data, tmp_path_factory.mktemp("runs") / "stage2", "trainer.max_steps=3",
                    "losses.disc_start=1", f"init.sd_checkpoint={sd_folder}")
     initial = _initial_state(build_stage2, cfg)
     run_dir = train(cfg, enable_progress_bar=False)
@@ -216,7 +198,7 @@ def test_stage2_resume_rebuilds_the_frozen_part_and_continues(stage2_run):
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     capture = CaptureStart()
     overrides = ["trainer.max_steps=4", "losses.disc_start=1", f"init.sd_checkpoint={cfg.init.sd_checkpoint}"]
-    train(tiny_cfg(2, Path(cfg.data.root).parent, run_dir, *overrides), resume=True, callbacks=[capture],
+    train(tiny_config(2, Path(cfg.data.root).parent, run_dir, *overrides), resume=True, callbacks=[capture],
           enable_progress_bar=False)
     assert capture.step == 3
     assert all(_same_optimizer_state(a, b) for a, b in zip(capture.states, saved["optimizer_states"]))
@@ -228,7 +210,7 @@ def test_stage2_resume_rebuilds_the_frozen_part_and_continues(stage2_run):
 def test_stage2_overfits_a_fixed_batch(data, tmp_path):
     from mgld.training.common import prepare_clips
 
-    system, datamodule = build_stage2(tiny_cfg(2, data, tmp_path / "run", "losses.consistency_variant=fixed"))
+    system, datamodule = build_stage2(tiny_config(2, data, tmp_path / "run", "losses.consistency_variant=fixed"))
     batch = default_collate([datamodule.dataset[0]])
     x_gt, x_lq = prepare_clips(batch["gt"], batch["lq"])
     latent = batch["latent"].flatten(0, 1)
@@ -272,42 +254,24 @@ def test_full_size_systems_train_the_spec_parameters():
     assert _millions(trained.values()) == 34.09
 
 
-@pytest.fixture
-def no_model_building(monkeypatch):
-    """Makes any real (non-``meta``) model construction in the runner fail the test."""
-    import mgld.training.runner as runner
-
-    def guard(name, real):
-        def build(*args, **kwargs):
-            if torch.get_default_device().type != "meta":
-                raise AssertionError(f"{name} was called before the inputs were checked")
-            return real(*args, **kwargs)
-
-        return build
-
-    for name in ("build_denoiser", "build_vae", "init_denoiser_from_sd", "init_vae_from_sd", "load_denoiser",
-                 "load_vae"):
-        monkeypatch.setattr(runner, name, guard(name, getattr(runner, name)))
-
-
 def test_input_errors_come_before_any_model_is_built(data, tmp_path, no_model_building):
     out = tmp_path / "run"
     with pytest.raises(InputError, match="dataset folder not found"):
-        build_stage1(tiny_cfg(1, data, out, f"data.root={tmp_path / 'missing'}"))
+        build_stage1(tiny_config(1, data, out, f"data.root={tmp_path / 'missing'}"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="empty folder"):
-        build_stage2(tiny_cfg(2, data, out, f"data.root={tmp_path / 'empty'}"))
+        build_stage2(tiny_config(2, data, out, f"data.root={tmp_path / 'empty'}"))
     with pytest.raises(FileNotFoundError, match="SD checkpoint not found"):
-        build_stage1(tiny_cfg(1, data, out, f"init.sd_checkpoint={tmp_path / 'v2-1.ckpt'}"))
+        build_stage1(tiny_config(1, data, out, f"init.sd_checkpoint={tmp_path / 'v2-1.ckpt'}"))
     torch.save({"state_dict": {"model.diffusion_model.x": torch.zeros(1)}}, tmp_path / "not_sd.ckpt")
     with pytest.raises(CheckpointError, match="not_sd.ckpt"):
-        build_stage1(tiny_cfg(1, data, out, f"init.sd_checkpoint={tmp_path / 'not_sd.ckpt'}"))
+        build_stage1(tiny_config(1, data, out, f"init.sd_checkpoint={tmp_path / 'not_sd.ckpt'}"))
     wide = load_config(CONFIGS / "tiny.yaml", ["model.vae.ch=64"]).model
     build_vae(wide).base.save_pretrained(tmp_path / "wide_sd" / "vae")  # the test's own import, not patched
     with pytest.raises(CheckpointError, match="shape mismatches"):
-        build_stage2(tiny_cfg(2, data, out, f"init.sd_checkpoint={tmp_path / 'wide_sd'}"))
+        build_stage2(tiny_config(2, data, out, f"init.sd_checkpoint={tmp_path / 'wide_sd'}"))
     with pytest.raises(FileNotFoundError, match="losses.lpips=0"):
-        build_stage2(tiny_cfg(2, data, out, "losses.lpips=0.5", f"losses.lpips_backbone={tmp_path / 'vgg.pth'}"))
+        build_stage2(tiny_config(2, data, out, "losses.lpips=0.5", f"losses.lpips_backbone={tmp_path / 'vgg.pth'}"))
 
 
 @pytest.mark.parametrize("name", ["stage1", "stage2", "tiny_stage1", "tiny_stage2"])
@@ -474,7 +438,7 @@ def test_latent_generation_settings_reach_the_pipeline(tmp_path):
 
 
 def test_discriminator_adam_steps_with_zero_gradients_before_disc_start(data, tmp_path):
-    cfg = tiny_cfg(2, data, tmp_path / "run", "trainer.max_steps=2", "losses.disc_start=3")
+    cfg = tiny_config(2, data, tmp_path / "run", "trainer.max_steps=2", "losses.disc_start=3")
     initial = _initial_state(build_stage2, cfg)
     run_dir = train(cfg, enable_progress_bar=False)
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)

@@ -5,11 +5,9 @@ handler (mgld/cli/__init__.py) prints their one-line message.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-import torch
 
+from conftest import ROOT
 from mgld.cli.train import main
 from mgld.config import load_config
 from mgld.io.frames import InputError
@@ -18,42 +16,16 @@ from mgld.training.checkpointing import AtomicCheckpointIO
 from mgld.training.config import ConfigError
 from mgld.training.data import write_synthetic_sequences, write_synthetic_stage2
 from mgld.weights.checkpoints import CheckpointError
+from training_helpers import TINY_STAGE, write_training_data
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY1, TINY2 = str(ROOT / "configs" / "tiny_stage1.yaml"), str(ROOT / "configs" / "tiny_stage2.yaml")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+TINY1, TINY2 = str(TINY_STAGE[1]), str(TINY_STAGE[2])
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
-    root = tmp_path_factory.mktemp("clips")
-    write_synthetic_sequences(root, num_sequences=2, num_frames=6, size=(32, 32))
-    return root
-
-
-@pytest.fixture
-def no_model_building(monkeypatch):
-    """Any real (non-``meta``) network construction in the runner fails the test."""
-    import mgld.training.runner as runner
-
-    def guard(name, real):
-        def build(*args, **kwargs):
-            if torch.get_default_device().type != "meta":  # shape checks on the meta device are allowed
-                raise AssertionError(f"{name} was called before the inputs were checked")
-            return real(*args, **kwargs)
-
-        return build
-
-    for name in ("build_denoiser", "build_vae", "init_denoiser_from_sd", "init_vae_from_sd", "load_denoiser",
-                 "load_vae"):
-        monkeypatch.setattr(runner, name, guard(name, getattr(runner, name)))
+    """2 sequences x 6 frames of 32x32 (no stage-2 data)."""
+    return write_training_data(tmp_path_factory.mktemp("data"), num_frames=6, stage2=False) / "clips"
 
 
 def fails(args: list[str], error: type[Exception], *names: str) -> str:

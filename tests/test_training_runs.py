@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import ROOT
 from mgld.training import Stage1System, Stage2System, train
 from mgld.training.checkpointing import (
     AtomicCheckpointIO,
@@ -28,47 +29,32 @@ from mgld.training.checkpointing import (
     load_checkpoint_file,
     remove_stale_temporaries,
 )
-from mgld.training.config import load_train_config
-from mgld.training.data import write_synthetic_sequences, write_synthetic_stage2
 from mgld.weights.checkpoints import CheckpointError
+from training_helpers import TINY_STAGE, tiny_config, tiny_overrides, write_training_data
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+LOGGING = ("trainer.log_every_n_steps=1", "trainer.image_every_n_steps=0")  # scalars every step, no images
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """2 sequences x 10 frames of 32x32 (20 clips) with bicubic LQ frames and random latents."""
-    root = tmp_path_factory.mktemp("data")
-    clips = write_synthetic_sequences(root / "clips", num_sequences=2, num_frames=10, size=(32, 32))
-    write_synthetic_stage2(clips, root / "generated")
-    return root
+    return write_training_data(tmp_path_factory.mktemp("data"))
 
 
 def overrides(stage: int, data: Path, out: Path, *extra: str) -> list[str]:
-    base = [f"data.root={data / 'clips'}", f"output_dir={out}", "trainer.log_every_n_steps=1",
-            "trainer.image_every_n_steps=0", "trainer.checkpoint_every_n_steps=2"]
-    if stage == 2:
-        base.append(f"data.generated_root={data / 'generated'}")
-    return base + list(extra)
+    return tiny_overrides(stage, data, out, *LOGGING, *extra)
 
 
 def config(stage: int, data: Path, out: Path, *extra: str):
-    return load_train_config(ROOT / "configs" / f"tiny_stage{stage}.yaml", overrides(stage, data, out, *extra))
+    return tiny_config(stage, data, out, *LOGGING, *extra)
 
 
 def mgld_train(stage: int, args: list[str], *, wait: bool = True, timeout: float = 240):
     """``python -m mgld train --config tiny_stageN args`` in a subprocess (one thread per process)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get(
         "PYTHONPATH", "")]), "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "mgld", "train", "--config", str(ROOT / "configs" / f"tiny_stage{stage}.yaml"),
+    cmd = [sys.executable, "-m", "mgld", "train", "--config", str(TINY_STAGE[stage]),
            *args]
     if not wait:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

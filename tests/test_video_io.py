@@ -430,6 +430,30 @@ def test_png_problem_names_truncation_damage_and_size(tmp_path):
     assert "bad CRC" in png_problem(path, len(data))
 
 
+def test_write_png_is_atomic_lossless_at_every_compression(tmp_path):
+    from mgld.io.frames import write_png
+
+    frame = smooth_frame(2)
+    sizes = {level: write_png(tmp_path / f"{level}.png", frame, compression=level) for level in (None, 0, 9)}
+    for level, size in sizes.items():
+        assert (tmp_path / f"{level}.png").stat().st_size == size
+        assert np.array_equal(read_image(tmp_path / f"{level}.png"), frame)
+    assert sizes[9] < sizes[0] and not list(tmp_path.glob(f"*{TEMP_SUFFIX}"))
+
+
+def test_nested_sequence_folders_only_when_asked(tmp_path):
+    save_frames(tmp_path / "calendar" / "truth", ["1.png", "10.png", "2.png"])
+    save_frames(tmp_path / "city" / "truth", ["0.png"])
+    (seq, _) = discover_sequences(tmp_path, nested=True)
+    assert (seq.name, seq.source, seq.frame_names) == ("calendar", tmp_path / "calendar" / "truth",
+                                                       ["1.png", "2.png", "10.png"])
+    with pytest.raises(InputError, match="must hold only image frames"):
+        discover_sequences(tmp_path)
+    save_frames(tmp_path / "city" / "input4", ["0.png"])
+    with pytest.raises(InputError, match=r"city: sequence 'city' holds no image frames and 2 sub-folders"):
+        discover_sequences(tmp_path, nested=True)
+
+
 def test_frame_writer_sixteen_bit_and_record_checks(tmp_path):
     frame = torch.from_numpy(smooth_frame(1)).permute(2, 0, 1) / 255
     with FrameWriter(tmp_path / "o", ["a.png", "b.png"], bit_depth=16, size=(H, W)) as writer:

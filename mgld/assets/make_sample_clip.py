@@ -50,9 +50,10 @@ def make_frames(photo: np.ndarray) -> list[np.ndarray]:
 def main() -> None:
     from skimage.data import astronaut
 
-    OUT_DIR.mkdir(exist_ok=True)
+    from mgld.io.frames import write_png
+
     for t, frame in enumerate(make_frames(astronaut())):
-        cv2.imwrite(str(OUT_DIR / f"{t:08d}.png"), frame[..., ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 9])
+        write_png(OUT_DIR / f"{t:08d}.png", frame, compression=9)
     total = sum(p.stat().st_size for p in OUT_DIR.glob("*.png"))
     print(f"{NUM_FRAMES} frames {LR_SIZE[0]}x{LR_SIZE[1]} in {OUT_DIR} ({total} bytes)")
 

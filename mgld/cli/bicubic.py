@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = parser.parse_args(argv)
     if args.scale < 1:
         parser.error(f"--scale {args.scale}: must be >= 1")
-    from mgld.eval.evaluation import upscale_bicubic  # heavy (cv2, torch): after parsing, so --help is instant
+    from mgld.eval.testset import upscale_bicubic  # heavy (cv2, torch): after parsing, so --help is instant
 
     try:
         names = upscale_bicubic(args.lr, args.out, args.scale)

@@ -76,14 +76,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if (args.profile_row is not None or args.profile_col is not None) and not args.out:
         raise SystemExit("error: --profile-row/--profile-col need --out")
     # heavy imports after argument parsing, so that --help is instant
-    from mgld.eval.evaluation import (
-        EvalSettings,
+    from mgld.eval.evaluation import EvalSettings, evaluate, prepare
+    from mgld.eval.report import (
         check_output_dir,
         check_profile,
-        evaluate,
         failure_lines,
         markdown_table,
-        prepare,
         write_pictures,
         write_report,
     )

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # heavy imports (PyAV, OpenCV, torch) after parsing, so that --help is instant
     from mgld.data.degradations import DegradationConfig, FinalConfig, RealBasicVSRDegradation
-    from mgld.eval.evaluation import make_testset, write_synthetic_hr
+    from mgld.eval.testset import make_testset, write_synthetic_hr
 
     if args.synthetic_hr:
         names = write_synthetic_hr(args.hr, args.num_frames, (args.size, args.size))

@@ -1,1 +1,3 @@
-"""Evaluation (the ``eval`` extra): metrics, per-sequence reports, test-set degradation."""
+"""Evaluation (the ``eval`` extra; docs/evaluation.md): ``metrics`` (definitions), ``inputs`` (listing, matching,
+reading), ``evaluation`` (settings, checks, per-sequence values), ``report`` (tables, files, pictures), ``testset``
+(degraded test sets, the bicubic baseline), ``registry`` (the metric table, light)."""

@@ -41,9 +41,9 @@ turns a download attempt (torch hub, pyiqa, timm/Hugging Face, CLIP's own downlo
 :class:`WeightsUnavailable`; the evaluation then reports the metric as skipped with that one-line reason.
 
 Shapes: frames are ``t h w 3`` uint8 RGB at the public boundary; torch models get ``t 3 h w``
-float in [0, 1]. Every metric callable is ``fn(pred, gt, flow_frames=None) -> list[float]``: one value per
-frame, or per consecutive pair for the temporal ones; ``flow_frames`` is the E*warp flow source (``None``: the
-evaluated frames), ignored by the other metrics.
+float in [0, 1] (:func:`mgld.io.frames.frames_to_tensor`, the project's one converter). Every metric callable
+is ``fn(pred, gt, flow_frames=None) -> list[float]``: one value per frame, or per consecutive pair for the temporal
+ones; ``flow_frames`` is the E*warp flow source (``None``: the evaluated frames), ignored by the other metrics.
 """
 
 from __future__ import annotations
@@ -65,10 +65,11 @@ import torch
 from mgld import flow as mflow
 from mgld._compat import import_basicsr
 from mgld.eval.registry import DEFAULT_METRICS, FLOW_METHODS, FLOW_SOURCES, METRICS, MetricInfo
+from mgld.io.frames import frames_to_tensor
 
 __all__ = ["DEFAULT_METRICS", "FLOW_SOURCES", "METRICS", "MetricInfo", "WeightsUnavailable", "build_flow",
            "build_frame_metric", "build_temporal_metric", "flicker", "niqe", "occlusion_mask_lai", "offline_weights",
-           "psnr", "ssim", "to_tensor", "warping_errors"]
+           "psnr", "ssim", "warping_errors"]
 
 
 class WeightsUnavailable(RuntimeError):
@@ -147,16 +148,11 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def to_tensor(frames: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
-    """``t h w 3`` uint8 -> ``t 3 h w`` float32 in [0, 1] on ``device``."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2).float() / 255.0
-
-
 def _batched(model: Callable, device, batch_size: int, *arrays: np.ndarray) -> list[float]:
     values: list[float] = []
     with torch.no_grad():
         for start in range(0, len(arrays[0]), batch_size):
-            batch = [to_tensor(a[start:start + batch_size], device) for a in arrays]
+            batch = [frames_to_tensor(a[start:start + batch_size]).to(device) for a in arrays]
             values.extend(model(*batch).reshape(-1).double().cpu().tolist())
     return values
 
@@ -300,8 +296,8 @@ def warping_errors(frames: np.ndarray, estimator: mflow.FlowEstimator, *, flow_f
     if flow_frames is not None and flow_frames.shape != frames.shape:
         raise ValueError(f"E*warp flow source frames are {flow_frames.shape[1:3]}, "
                          f"evaluated frames {frames.shape[1:3]}")
-    video = to_tensor(frames, device)
-    guide = video if flow_frames is None else to_tensor(flow_frames, device)
+    video = frames_to_tensor(frames).to(device)
+    guide = video if flow_frames is None else frames_to_tensor(flow_frames).to(device)
     errors = []
     with torch.no_grad():
         for t in range(len(frames) - 1):

@@ -11,8 +11,9 @@ orientation is ignored (frames are processed as stored, like the authors' PIL lo
 :class:`FrameReader` is the streaming interface shared with videos
 (``mgld.io.sequences``): ``read(start, stop)`` returns ``t 3 h w`` float32 and keeps
 only the frames of the current chunk. :func:`quantize_frame` is the one float -> uint8/uint16
-converter (the authors' truncation by default). :class:`FrameWriter` writes a sequence folder
-of PNGs, each one atomically (temporary file, then rename), and records each finished frame
+converter (the authors' truncation by default), :func:`encode_png` the one PNG encoder and :func:`write_png`
+the one PNG file writer (atomic: temporary file, then rename). :class:`FrameWriter` writes a sequence folder
+of PNGs with it, and records each finished frame
 (:mod:`mgld.io.manifest`), so a resumed run trusts only intact frames of the same run.
 
 Shapes: arrays are ``h w 3`` (RGB); tensors are ``t 3 h w`` (read) or ``3 h w`` (write).
@@ -247,12 +248,25 @@ def quantize_frame(frame: torch.Tensor | np.ndarray, bit_depth: int = 8,
     return np.ascontiguousarray(out)
 
 
-def encode_png(frame: np.ndarray) -> bytes:
-    """PNG bytes of an ``h w 3`` RGB uint8/uint16 array (8 or 16 bits per sample)."""
-    ok, png = cv2.imencode(".png", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+def encode_png(frame: np.ndarray, compression: int | None = None) -> bytes:
+    """PNG bytes of an ``h w 3`` RGB uint8/uint16 array (8 or 16 bits per sample): the project's one PNG encoder.
+
+    ``compression``: zlib level 0-9 (``None``: OpenCV's default); the pixels are the same at every level.
+    """
+    params = [] if compression is None else [cv2.IMWRITE_PNG_COMPRESSION, int(compression)]
+    ok, png = cv2.imencode(".png", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), params)
     if not ok:
         raise ValueError("PNG encoding failed")
     return png.tobytes()
+
+
+def write_png(path: str | Path, frame: torch.Tensor | np.ndarray, bit_depth: int = 8,
+              quantize: Literal["truncate", "round"] = "truncate", compression: int | None = None) -> int:
+    """Write one frame (float ``3 h w`` in [0, 1] or integer ``h w 3`` RGB, :func:`quantize_frame`) as a PNG,
+    atomically; returns its size in bytes. A sequence with run records and resume is :class:`FrameWriter`."""
+    png = encode_png(quantize_frame(frame, bit_depth, quantize), compression)
+    atomic_write(Path(path), png)
+    return len(png)
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -350,14 +364,13 @@ class FrameWriter:
 
     def write(self, index: int, frame: torch.Tensor | np.ndarray) -> None:
         """Write frame ``index``: float ``3 h w`` in [0, 1] or integer ``h w 3`` (RGB)."""
-        png = encode_png(quantize_frame(frame, self.bit_depth, self.quantize))
         path = self.path(index)
         if not self._created and not self.folder.is_dir():
             missing = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
             self._created = missing  # innermost first
         try:
-            atomic_write(path, png)
-            self.records.add(self.frame_names[index], len(png))
+            size = write_png(path, frame, self.bit_depth, self.quantize)
+            self.records.add(self.frame_names[index], size)
         except OSError as e:
             raise OutputError(f"{path}: cannot write the output ({e.strerror or e}); frames already finished are "
                              "kept: free space (or fix the folder) and rerun the same command to resume") from e

@@ -98,7 +98,7 @@ class Sequence:
 
 
 def discover_sequences(path: str | Path, verify: bool = True, *, allow_truncated: bool = False,
-                       errors: list[tuple[str, str]] | None = None) -> list[Sequence]:
+                       errors: list[tuple[str, str]] | None = None, nested: bool = False) -> list[Sequence]:
     """Find and validate the sequences under ``path``, in natural order.
 
     A frame folder gives one sequence; a folder of sequence folders and/or video files
@@ -111,6 +111,10 @@ def discover_sequences(path: str | Path, verify: bool = True, *, allow_truncated
 
     ``errors``: a list to collect ``(name, message)`` of the broken entries of a folder of
     sequences instead of raising (``--keep-going``); the other sequences are returned.
+
+    ``nested``: also accept a sequence folder that holds no frames but exactly one sub-folder of frames
+    (``<path>/<sequence>/<frames folder>/``, SPMCS's ``<sequence>/truth/``; docs/evaluation.md); the sequence
+    keeps the outer folder's name. Evaluation accepts this layout; inference does not.
     """
     path = Path(path)
     if not path.exists():
@@ -130,7 +134,7 @@ def discover_sequences(path: str | Path, verify: bool = True, *, allow_truncated
     sequences = []
     for entry in sorted(folders + videos, key=lambda p: natural_key(p.name)):
         try:
-            sequences.append(_entry_sequence(entry, verify, allow_truncated))
+            sequences.append(_entry_sequence(entry, verify, allow_truncated, nested))
         except InputError as err:
             if errors is None:
                 raise
@@ -139,11 +143,19 @@ def discover_sequences(path: str | Path, verify: bool = True, *, allow_truncated
     return sequences
 
 
-def _entry_sequence(entry: Path, verify: bool, allow_truncated: bool) -> Sequence:
-    """The sequence of one entry of a folder of sequences: a video file or a frame folder."""
+def _entry_sequence(entry: Path, verify: bool, allow_truncated: bool, nested: bool = False) -> Sequence:
+    """The sequence of one entry of a folder of sequences: a video file or a frame folder (``nested``: or a folder
+    holding exactly one frame folder)."""
     if entry.is_file():
         return _video_sequence(entry, allow_truncated)
     frames, sub_videos, sub_folders = _list_folder(entry)
+    if nested and not frames and not sub_videos and sub_folders:
+        with_frames = [(d, images) for d in sub_folders if (images := _list_folder(d)[0])]
+        if len(with_frames) != 1:
+            raise InputError(f"{entry}: sequence {entry.name!r} holds no image frames and {len(with_frames)} "
+                             f"sub-folders with frames ({[d.name for d, _ in with_frames]}); expected exactly one")
+        (folder, images), = with_frames
+        return _frame_sequence(folder, images, verify, name=entry.name)
     if sub_videos or sub_folders:
         extra = (sub_folders + sub_videos)[0].name
         raise InputError(f"{entry}: a sequence folder must hold only image frames, found {extra!r}")
@@ -181,7 +193,7 @@ def _check_unique(names: list[str], where: Path, what: str) -> None:
         seen.add(name)
 
 
-def _frame_sequence(folder: Path, files: list[Path], verify: bool) -> Sequence:
+def _frame_sequence(folder: Path, files: list[Path], verify: bool, name: str | None = None) -> Sequence:
     names = [f.stem + ".png" for f in files]
     _check_unique(names, folder, "output frame names (same name with different extensions)")
     height, width = probe_image(files[0], verify)
@@ -190,7 +202,7 @@ def _frame_sequence(folder: Path, files: list[Path], verify: bool) -> Sequence:
         if (h, w) != (height, width):
             raise InputError(f"{f}: frame is {w}x{h} but {files[0].name} is {width}x{height}; frames must match")
     bits = 8 if read_image(files[0]).dtype == np.uint8 else 16
-    return Sequence(folder.name, folder, "frames", names, height, width, files=files, bit_depth=bits)
+    return Sequence(name or folder.name, folder, "frames", names, height, width, files=files, bit_depth=bits)
 
 
 def _video_sequence(path: Path, allow_truncated: bool = False) -> Sequence:

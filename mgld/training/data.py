@@ -29,7 +29,7 @@ import numpy as np
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from mgld.data.reds import Draw, list_sequences, read_frame
+from mgld.data.reds import Draw, bicubic_downscale, list_sequences, read_frame
 from mgld.data.stage2 import LATENT_SUFFIX
 from mgld.io.frames import FrameWriter, InputError
 
@@ -161,7 +161,7 @@ def write_synthetic_stage2(
         for i, path in enumerate(seq.frames):
             gt = read_frame(path)
             h, w = gt.shape[:2]
-            writer.write(i, cv2.resize(gt, (w // scale, h // scale), interpolation=cv2.INTER_CUBIC))
+            writer.write(i, bicubic_downscale(gt[None], scale)[0])
             latent = rng.standard_normal((latent_channels, h // 8, w // 8)).astype(np.float32)
             np.save(latent_root / name / f"{path.stem}{LATENT_SUFFIX}", latent)
     return lq_root, latent_root
