@@ -28,9 +28,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--vae", type=Path, help="official video-VAE checkpoint (video_vae_cfw.ckpt)")
     parser.add_argument("--from-sd", type=Path, metavar="SD",
                         help="initialise from SD 2.x instead: an LDM .ckpt or a diffusers folder")
-    parser.add_argument("--literal-mid", action="store_true",
-                        help="with --from-sd: leave SD's middle transformer and 2nd middle ResNet out, "
-                             "as the authors' training did (docs/algorithm.md §2.1)")
+    parser.add_argument("--mid-from-sd", action="store_true",
+                        help="with --from-sd: also load SD's middle transformer and 2nd middle ResNet into the "
+                             "slots the temporal layers shifted (the fix; default: left random, as the authors' "
+                             "training did; docs/algorithm.md §2.1)")
     parser.add_argument("--out", type=Path, default=None,
                         help=f"output folder (default: {default_weights_dir()}, or $MGLD_HOME/mgld-vsr)")
     parser.add_argument("--config", default="model/mgld_sd21",
@@ -53,9 +54,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     out = args.out or default_weights_dir()
     try:
         if args.from_sd is not None:
-            denoiser = init_denoiser_from_sd(args.from_sd, cfg, mid_from_sd=not args.literal_mid)
+            denoiser = init_denoiser_from_sd(args.from_sd, cfg, mid_from_sd=args.mid_from_sd)
             vae = init_vae_from_sd(args.from_sd, cfg)
-            provenance = {"init_from_sd": args.from_sd.name, "mid_from_sd": not args.literal_mid}
+            provenance = {"init_from_sd": args.from_sd.name, "mid_from_sd": args.mid_from_sd}
             save_model_folder(out, cfg, denoiser=denoiser, vae=vae, provenance=provenance)
         else:
             convert_official(out, stage1=args.stage1, vae=args.vae, cfg=cfg)

@@ -45,7 +45,8 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", required=True, metavar="YAML",
-                        help="training config: configs/stage1.yaml, configs/stage2.yaml or a tiny_* config")
+                        help="training config: a file, or a packaged name: stage1, stage2 (the authors' runs), "
+                             "stage1_fixed, stage2_fixed (each quirk fixed), tiny_stage1, tiny_stage2 (CPU smoke)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in output_dir from its newest checkpoint that loads (damaged ones are "
                              "skipped and named): same step, optimizer state and data stream, as if it had never "

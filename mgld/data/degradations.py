@@ -29,15 +29,16 @@ As the authors' code (defaults; the ``fixed`` values are options):
   the walked β itself);
 * the codec is fed BGR arrays declared as ``rgb24``, so its RGB->YUV conversion uses
   swapped channel weights (``codec.color_order: authors``; ``fixed`` feeds RGB);
-* random-resize sizes are ``int(h * scale)`` floored to even.
+* random-resize sizes are ``int(h * scale)`` floored to even;
+* the resize random walk is clipped to the stage's whole scale range
+  (``scale_down[0]`` .. ``scale_up[1]``), for every mode including ``keep`` (our reading of
+  the authors' "clipped to their ranges"; not checked against their code line by line).
 
 Differences from the authors' code, on purpose:
 
 * Frames are RGB (the authors' are BGR); JPEG sees correctly ordered colours (the same
   bytes as theirs), and the gray Poisson noise keeps the authors' swapped channel weights
   (``COLOR_BGR2GRAY`` applied to RGB data, which is what their code computes).
-* The resize random walk is clipped to the stage's whole scale range
-  (``scale_down[0]`` .. ``scale_up[1]``), for every mode including ``keep``.
 * If an encoder is missing from the PyAV build it is dropped with a warning and the
   remaining codecs share its probability (``libx264``, ``h264`` and ``mpeg4`` are all
   present in the PyAV wheels from PyPI).
