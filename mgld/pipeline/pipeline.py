@@ -342,7 +342,7 @@ class MGLDPipeline:
                 return self._upscale_clip(lr, frame_indices, sampling or self.config.sampling, anchor, record,
                                           noise, callback)
         except RuntimeError as err:
-            if attention != "auto" and "No available kernel" in str(err):
+            if attention != "auto" and any(m in str(err) for m in ("No available kernel", "No viable backend")):
                 raise RuntimeError(f"infer.attention={attention}: PyTorch has no such attention kernel for these "
                                    f"inputs on {self.device} ({str(err).splitlines()[0]}); use infer.attention=auto"
                                    ) from err
@@ -500,16 +500,13 @@ class MGLDPipeline:
         tile = auto_decode_tile(free_bytes(self.device), tuple(up.shape[-2:]), up.shape[0],
                                 DTYPES[self.runtime.precision or "fp32"], autocast=self.runtime.amp is not None)
         log.debug("decode.tile_size=auto: %d px", tile)
-        return tile, tile_stride_for(tile, AUTHORS_TILE, dec.tile_stride)
+        return tile, self._stride_for(tile)
 
-    def _smaller_vae_tile(self, vae_tile: tuple[int, int]) -> tuple[int, int] | None:
-        """The VAE tile of the out-of-memory retry: the next smaller candidate, the stride scaled alike."""
-        size = smaller_tile(vae_tile[0])
-        if size is None:
-            return None
+    def _stride_for(self, size: int) -> int:
+        """The VAE tile stride for a tile of ``size`` px: the configured one at the configured size (960 for
+        ``auto``), else scaled like the tile (:func:`mgld.pipeline.memory.tile_stride_for`)."""
         dec = self.config.decode
-        base = (AUTHORS_TILE, dec.tile_stride) if dec.tile_size == "auto" else (dec.tile_size, dec.tile_stride)
-        return size, tile_stride_for(size, *base)
+        return tile_stride_for(size, AUTHORS_TILE if dec.tile_size == "auto" else dec.tile_size, dec.tile_stride)
 
     def _encode_pass(self, up: Tensor, eps: Tensor):
         """The encode of a pass: ``(z_lr, features, vae tile)``. In frame mode the VAE tile is chosen here
@@ -519,16 +516,24 @@ class MGLDPipeline:
         if self.config.sampling.pixel_tiling != "frame":
             with oom_hint("VAE encode of a pixel tile", self.device, AUTHORS_VAE_OOM_HINT):
                 return (*self.encode(up, eps, vae_tile=vae_tile), vae_tile)
-        return retry_on_oom(lambda tile: (*self.encode(up, eps, vae_tile=tile), tile), vae_tile,
-                            knob="decode.tile_size", smaller=self._smaller_vae_tile)
+
+        def encode(size: int):
+            tile = vae_tile if size == vae_tile[0] else (size, self._stride_for(size))
+            return (*self.encode(up, eps, vae_tile=tile), tile)
+
+        return retry_on_oom(encode, vae_tile[0], knob="decode.tile_size", smaller=smaller_tile)
 
     def _decode_pass(self, z0: Tensor, up: Tensor, feats, vae_tile: tuple[int, int]) -> Tensor:
         """The decode of a pass with the encode's VAE tile and features (:meth:`_encode_pass`; the same retry)."""
         if self.config.sampling.pixel_tiling != "frame":
             with oom_hint("VAE decode of a pixel tile", self.device, AUTHORS_VAE_OOM_HINT):
                 return self.decode(z0, up, feats, vae_tile=vae_tile)
-        return retry_on_oom(lambda tile: self.decode(z0, up, feats, vae_tile=tile), vae_tile,
-                            knob="decode.tile_size", smaller=self._smaller_vae_tile)
+
+        def decode(size: int):
+            tile = vae_tile if size == vae_tile[0] else (size, self._stride_for(size))
+            return self.decode(z0, up, feats, vae_tile=tile)
+
+        return retry_on_oom(decode, vae_tile[0], knob="decode.tile_size", smaller=smaller_tile)
 
     def _vae_boxes(self, up: Tensor, vae_tile: tuple[int, int] | None = None) -> list[TileBox]:
         """Pixel tiles of the VAE over ``up`` in one whole-frame pass (:func:`mgld.pipeline.vae_tiles.vae_boxes`

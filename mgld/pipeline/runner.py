@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 # config keys that do not change the output's pixels (left out of the run records)
 _NOT_PIXELS = ("infer.device", "infer.devices", "infer.num_nodes", "infer.overwrite", "sampling.tile_batch",
-               "output.format")
+               "output.format", "infer.offload")
 _VIDEO_ONLY = ("output.codec", "output.crf", "output.reproducible", "output.fps")
 
 

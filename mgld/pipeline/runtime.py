@@ -130,9 +130,10 @@ class Runtime:
 
     def use(self, *names: str):
         """The networks ``names`` on the device for a stage (``infer.offload``; a no-op without offloading)."""
-        if self.offloader is None:
+        names = tuple(n for n in names if self.offloader is not None and n in self.offloader.models)
+        if not names:  # no offloading, or a stage without a placed network (e.g. the DIS flow): leave them
             return contextlib.nullcontext()
-        return self.offloader.use(*(n for n in names if n in self.offloader.models))
+        return self.offloader.use(*names)
 
     def flow_amp(self, flow_precision: str) -> torch.dtype | None:
         """The flow's autocast: the compute dtype of the precision (``flow.precision=autocast``; the flow network
