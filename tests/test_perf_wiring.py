@@ -245,11 +245,13 @@ WIDE = ["sampling.steps=1", "sampling.pixel_tiling=frame", "sampling.latent_tile
 
 
 def test_auto_vae_tile_follows_the_free_memory(nets, monkeypatch):
+    import mgld.pipeline.memory as memory
+
     den, vae = nets
     lr = _lr(5, 16, 80)
     for budget, widths in ((10 * 2**30, [320]), (350e6, [256, 256])):  # 960 fits; then only 256 (stride 200)
         counting = CountingVAE(vae)
-        monkeypatch.setattr(P, "free_bytes", lambda device, budget=budget: int(budget))
+        monkeypatch.setattr(memory, "free_bytes", lambda device, budget=budget: int(budget))
         pipe = MGLDPipeline(den, counting, _cfg(WIDE + ["decode.tile_size=auto", "decode.tile_stride=750"]))
         out = pipe.upscale_clip(lr, list(range(5))).frames
         assert [w for _, w in counting.encodes] == widths, budget  # encoded once per tile (features kept)

@@ -136,6 +136,25 @@ def resolve_tile_batch(
     return max(1, min(tiles, fits))
 
 
+def tile_batch_for_pass(tile_batch: int | str, denoiser: torch.nn.Module, latent: Tensor, *, tile_size: int,
+                        tile_overlap: int, tile_schedule: str = "overlap", steps: int = 1) -> int:
+    """``sampling.tile_batch`` for one sampling pass over ``latent`` (``t 4 h w``; its device and dtype, under
+    the caller's autocast): the integer, or for ``auto`` :func:`resolve_tile_batch` on ``denoiser`` for the tiles
+    of the schedule (``shifted``: the most tiles of any of the ``steps`` steps, whose offsets differ) — once per
+    pass, so that every step batches alike."""
+    if tile_batch != "auto":
+        return tile_batch
+    t, _, h, w = latent.shape
+    if tile_schedule == "overlap":
+        boxes = tile_boxes(h, w, tile_size, tile_overlap)
+        count, largest = len(boxes), max(boxes, key=lambda b: b.height * b.width)
+        shape = (largest.height, largest.width)
+    else:
+        count = max(len(shifted_tiles(h, w, tile_size, k)) for k in range(steps))
+        shape = (min(tile_size, h), min(tile_size, w))
+    return 1 if count == 1 else resolve_tile_batch("auto", denoiser, count, shape, t, latent.device, latent.dtype)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The tiled noise prediction
 # ---------------------------------------------------------------------------------------------------------
@@ -208,4 +227,4 @@ def predict_noise(
     return out / norm if shifted is None else out
 
 
-__all__ = ["TILE_SCHEDULES", "call_cost", "plan_batches", "predict_noise", "resolve_tile_batch"]
+__all__ = ["TILE_SCHEDULES", "call_cost", "plan_batches", "predict_noise", "resolve_tile_batch", "tile_batch_for_pass"]

@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out/gpu_check")))
     p.add_argument("--cpu-smoke", action="store_true", help="tiny networks on the CPU, small clip (tests the check)")
-    p.add_argument("--budget", type=float, default=270.0, help="seconds after which no configuration is started")
+    p.add_argument("--budget", type=float, default=240.0, help="seconds after which no configuration is started")
     p.add_argument("--size", default=None, help="LR size HxW (default 180x320; --cpu-smoke 32x48)")
     p.add_argument("--frames", type=int, default=5)
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default 3; --cpu-smoke 2)")

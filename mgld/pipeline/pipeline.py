@@ -56,20 +56,20 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from mgld.config import INFERENCE_SECTIONS, Config, load_config
-from mgld.diffusion.batching import resolve_tile_batch
+from mgld.diffusion.batching import tile_batch_for_pass
 from mgld.diffusion.clip_noise import frame_noise_on_device
 from mgld.diffusion.noise import FrameNoise, NoiseSource
 from mgld.diffusion.sampling import Anchor, MotionGuidance, sample
 from mgld.diffusion.schedule import respaced_schedule
-from mgld.diffusion.tiling import TileBox, shifted_tiles, tile_boxes
+from mgld.diffusion.tiling import TileBox
 from mgld.flow import build_flow_estimator, flows_and_masks
 from mgld.models import MGLDDenoiser, TemporalVAE, build_denoiser, build_vae
-from mgld.models.efficiency import DTYPES, attention_backend
+from mgld.models.efficiency import attention_backend
 from mgld.perf.profiler import StageProfiler, TimedGuidance, stage, timed
 from mgld.pipeline.chunks import plan_chunks
 from mgld.pipeline.colorfix import color_fix
 from mgld.pipeline.inputs import FRAMES_HELP, to_frames_tensor
-from mgld.pipeline.memory import AUTHORS_TILE, auto_decode_tile, free_bytes, retry_on_oom, smaller_tile, tile_stride_for
+from mgld.pipeline.memory import free_bytes, retry_on_oom, smaller_tile
 from mgld.pipeline.runtime import (
     AUTHORS_VAE_OOM_HINT,
     SAMPLING_OOM_HINT,
@@ -80,7 +80,7 @@ from mgld.pipeline.runtime import (
     pipeline_precision,
 )
 from mgld.pipeline.tiles import LATENT_FACTOR, PAD_MULTIPLE, PixelTile, TilePlan, padding, plan_tiles
-from mgld.pipeline.vae_tiles import TileFeatures, decode_tiles, encode_tiles, vae_boxes
+from mgld.pipeline.vae_tiles import TileFeatures, choose_tile, decode_tiles, encode_tiles, tile_stride, vae_boxes
 from mgld.weights.hub import default_flow_weights
 
 log = logging.getLogger(__name__)
@@ -426,7 +426,9 @@ class MGLDPipeline:
         if guidance is not None and self.profiler is not None:
             guidance = TimedGuidance(guidance, self.profiler)
         with run.use("denoiser"), autocast(self.device, amp), oom_hint("sampling", self.device, SAMPLING_OOM_HINT):
-            tile_batch = self._tile_batch(sampling, z_lr)
+            tile_batch = tile_batch_for_pass(
+                sampling.tile_batch, run.denoiser, z_lr, tile_size=sampling.latent_tile_size,
+                tile_overlap=sampling.latent_tile_overlap, tile_schedule=sampling.tile_schedule, steps=sampling.steps)
             z0 = sample(timed(run.denoiser, self.profiler, "encoder+unet"), respaced_schedule(sampling.steps),
                         z_lr, noise, box=tile.latent_box, guidance=guidance, anchor=anchor,
                         tile_size=sampling.latent_tile_size, tile_overlap=sampling.latent_tile_overlap,
@@ -436,27 +438,6 @@ class MGLDPipeline:
                 decoded = self._decode_pass(z0, up, feats, vae_tile)
             decoded = color_fix(decoded.float(), up, cfg.decode.color_fix)
         return decoded, z0, trajectory
-
-    def _tile_batch(self, sampling, z_lr: Tensor) -> int:
-        """``sampling.tile_batch`` for this pass: the integer, or for ``auto`` the most latent tiles per denoiser
-        call that fit in the free memory (:func:`mgld.diffusion.batching.resolve_tile_batch` on the network,
-        under the pass's autocast; once per pass, so that every step batches alike)."""
-        if sampling.tile_batch != "auto":
-            return sampling.tile_batch
-        t, _, h, w = z_lr.shape
-        size, overlap = sampling.latent_tile_size, sampling.latent_tile_overlap
-        if sampling.tile_schedule == "overlap":
-            boxes = tile_boxes(h, w, size, overlap)
-            count, largest = len(boxes), max(boxes, key=lambda b: b.height * b.width)
-            shape = (largest.height, largest.width)
-        else:  # the tile count changes with the step's offsets: the most of any step
-            count = max(len(shifted_tiles(h, w, size, k)) for k in range(sampling.steps))
-            shape = (min(size, h), min(size, w))
-        if count == 1:
-            return 1
-        batch = resolve_tile_batch("auto", self.runtime.denoiser, count, shape, t, self.device, z_lr.dtype)
-        log.debug("sampling.tile_batch=auto: %d of %d latent tiles of %s per denoiser call", batch, count, shape)
-        return batch
 
     # ------------------------------------------------------------------ stages
     def preprocess(self, lr: Tensor) -> tuple[Tensor, float]:
@@ -491,22 +472,8 @@ class MGLDPipeline:
 
     # ------------------------------------------------------------------ VAE tiles (frame mode)
     def _vae_tile(self, up: Tensor) -> tuple[int, int]:
-        """``(size, stride)`` of the VAE pixel tiles for ``up`` (``t 3 H W``): ``decode.tile_size``/``tile_stride``,
-        or for ``auto`` (frame mode) the largest tile up to the authors' 960 whose encode + decode fit the free
-        memory (:func:`mgld.pipeline.memory.auto_decode_tile`), the stride scaled with it."""
-        dec = self.config.decode
-        if dec.tile_size != "auto":
-            return dec.tile_size, dec.tile_stride
-        tile = auto_decode_tile(free_bytes(self.device), tuple(up.shape[-2:]), up.shape[0],
-                                DTYPES[self.runtime.precision or "fp32"], autocast=self.runtime.amp is not None)
-        log.debug("decode.tile_size=auto: %d px", tile)
-        return tile, self._stride_for(tile)
-
-    def _stride_for(self, size: int) -> int:
-        """The VAE tile stride for a tile of ``size`` px: the configured one at the configured size (960 for
-        ``auto``), else scaled like the tile (:func:`mgld.pipeline.memory.tile_stride_for`)."""
-        dec = self.config.decode
-        return tile_stride_for(size, AUTHORS_TILE if dec.tile_size == "auto" else dec.tile_size, dec.tile_stride)
+        """``(size, stride)`` of the VAE tiles for ``up`` (:func:`mgld.pipeline.vae_tiles.choose_tile`)."""
+        return choose_tile(self.config.decode, up, self.runtime.precision or "fp32", self.runtime.amp is not None)
 
     def _encode_pass(self, up: Tensor, eps: Tensor):
         """The encode of a pass: ``(z_lr, features, vae tile)``. In frame mode the VAE tile is chosen here
@@ -518,7 +485,7 @@ class MGLDPipeline:
                 return (*self.encode(up, eps, vae_tile=vae_tile), vae_tile)
 
         def encode(size: int):
-            tile = vae_tile if size == vae_tile[0] else (size, self._stride_for(size))
+            tile = vae_tile if size == vae_tile[0] else (size, tile_stride(self.config.decode, size))
             return (*self.encode(up, eps, vae_tile=tile), tile)
 
         return retry_on_oom(encode, vae_tile[0], knob="decode.tile_size", smaller=smaller_tile)
@@ -530,7 +497,7 @@ class MGLDPipeline:
                 return self.decode(z0, up, feats, vae_tile=vae_tile)
 
         def decode(size: int):
-            tile = vae_tile if size == vae_tile[0] else (size, self._stride_for(size))
+            tile = vae_tile if size == vae_tile[0] else (size, tile_stride(self.config.decode, size))
             return self.decode(z0, up, feats, vae_tile=tile)
 
         return retry_on_oom(decode, vae_tile[0], knob="decode.tile_size", smaller=smaller_tile)

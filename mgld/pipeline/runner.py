@@ -274,6 +274,8 @@ def run(
             log.info("device %s, precision %s, %d sampling steps, guidance scale %g (%s), flow %s",
                      device, cfg.infer.precision, cfg.sampling.steps, cfg.sampling.guidance_scale,
                      cfg.sampling.guidance_variant, cfg.flow.method if cfg.sampling.guidance_scale else "off")
+            log.info("networks: %s; sampling.tile_batch %s, tile_schedule %s", pipe.options,
+                     cfg.sampling.tile_batch, cfg.sampling.tile_schedule)
     shard_index, shards = shard
     index, count = shard_index * world + rank, shards * world
     summary, error = RunSummary(failed=list(failed) if index == 0 else []), None

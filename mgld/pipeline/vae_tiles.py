@@ -3,17 +3,24 @@
 :func:`encode_tiles` blends the posterior moments of the tiles and keeps the CFW encoder features of every tile
 (:class:`TileFeatures`) while they fit a budget, so that :func:`decode_tiles` does not run the encoder again for
 each tile (the values are the ones it would compute); without them it encodes each tile again, as before. Tiles
-are the authors' boxes (:func:`vae_boxes`) with their starts floored to a multiple of 8.
+are the authors' boxes (:func:`vae_boxes`) with their starts floored to a multiple of 8, of the size
+:func:`choose_tile` gives (``decode.tile_size``, or chosen from the free memory for ``auto``).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from mgld.diffusion.tiling import TileBox, blend_tiles, feather_weights, pixel_tile_boxes
+from mgld.models.efficiency import DTYPES
+from mgld.pipeline import memory
+from mgld.pipeline.memory import AUTHORS_TILE, auto_decode_tile, tile_stride_for
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,6 +39,27 @@ def vae_boxes(height: int, width: int, size: int, stride: int) -> list[TileBox]:
     frame fits)."""
     return [TileBox(b.top // 8 * 8, b.left // 8 * 8, b.height, b.width)
             for b in pixel_tile_boxes(height, width, size, stride)]
+
+
+def tile_stride(decode, size: int) -> int:
+    """The VAE tile stride for a tile of ``size`` px under ``decode`` (:class:`mgld.config.DecodeConfig`): the
+    configured stride at the configured size (960 for ``auto``), else scaled like the tile
+    (:func:`mgld.pipeline.memory.tile_stride_for`)."""
+    base = AUTHORS_TILE if decode.tile_size == "auto" else decode.tile_size
+    return tile_stride_for(size, base, decode.tile_stride)
+
+
+def choose_tile(decode, up: Tensor, precision: str, autocast: bool) -> tuple[int, int]:
+    """``(size, stride)`` of the VAE tiles for ``up`` (``t 3 H W``, on its device): ``decode.tile_size`` /
+    ``tile_stride``, or for ``auto`` the largest tile up to the authors' 960 whose encode + decode fit the free
+    memory of the device (:func:`mgld.pipeline.memory.auto_decode_tile` for ``precision``, under autocast or with
+    weights in that dtype), the stride scaled with it."""
+    if decode.tile_size != "auto":
+        return decode.tile_size, decode.tile_stride
+    tile = auto_decode_tile(memory.free_bytes(up.device), tuple(up.shape[-2:]), up.shape[0], DTYPES[precision],
+                            autocast=autocast)
+    log.debug("decode.tile_size=auto: %d px", tile)
+    return tile, tile_stride(decode, tile)
 
 
 def encode_tiles(vae, up: Tensor, noise: Tensor, vae_tile: tuple[int, int], store: torch.device, budget: int
@@ -83,4 +111,4 @@ def decode_tiles(vae, z0: Tensor, up: Tensor, feats: TileFeatures | None, vae_ti
     return blend_tiles(tiles(), size, weights=lambda box: feather_weights(box, *size, overlap))
 
 
-__all__ = ["TileFeatures", "decode_tiles", "encode_tiles", "vae_boxes"]
+__all__ = ["TileFeatures", "choose_tile", "decode_tiles", "encode_tiles", "tile_stride", "vae_boxes"]
