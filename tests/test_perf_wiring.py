@@ -189,9 +189,26 @@ def test_shifted_schedule_reaches_the_sampler_and_covers_every_latent_pixel_once
         return tiles
 
     monkeypatch.setattr(batching, "shifted_tiles", recording)
-    out = _run(nets, FRAME + ["sampling.steps=3", "sampling.tile_schedule=shifted", "sampling.tile_batch=auto"])
+    out = _run(nets, FRAME + ["sampling.steps=3", "sampling.tile_schedule=shifted", "sampling.tile_batch=2"])
     assert [s[0] for s in seen] == [2, 1, 0] and all(s[1] == (8, 12) and s[2] for s in seen)
     assert out.shape == (5, 3, 64, 96) and not torch.equal(out, _run(nets, FRAME + ["sampling.steps=3"]))
+
+
+def test_tile_batch_auto_is_resolved_once_per_pass_for_the_schedule(nets, monkeypatch):
+    import mgld.diffusion.batching as batching
+    from mgld.diffusion.tiling import shifted_tiles
+
+    asked = []
+    monkeypatch.setattr(batching, "resolve_tile_batch", lambda mode, net, count, shape, *a: asked.append(
+        (mode, count, shape)) or 2)
+    latent = torch.zeros(5, 4, 8, 12)
+    common = dict(tile_size=6, tile_overlap=3)
+    assert batching.tile_batch_for_pass(3, nets[0], latent, **common) == 3 and not asked  # an integer as it is
+    assert batching.tile_batch_for_pass("auto", nets[0], latent, **common) == 2
+    most = max(len(shifted_tiles(8, 12, 6, k)) for k in range(4))
+    assert batching.tile_batch_for_pass("auto", nets[0], latent, tile_schedule="shifted", steps=4, **common) == 2
+    assert asked == [("auto", 6, (6, 6)), ("auto", most, (6, 6))]  # the most tiles of any step
+    assert batching.tile_batch_for_pass("auto", nets[0], torch.zeros(5, 4, 6, 6), **common) == 1  # one tile
 
 
 # --------------------------------------------------------------------------- networks: precision, layout
