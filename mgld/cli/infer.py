@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     flags += ["infer.compile=true"] if args.compile else []
     if args.fast:  # first, so that any flag or override given with it wins
         fast = _fast_overrides(args.config, flags + list(args.overrides))
-        logging.info("--fast: %s", " ".join(fast))
+        logging.getLogger("mgld.cli.infer").info("--fast: %s", " ".join(fast))
         flags = fast + flags
     cfg = load_config(args.config, flags + list(args.overrides))  # a bad config: one line, exit 2 (cli/_errors.py)
     if args.print_config:

@@ -69,8 +69,17 @@ def _gaussian_blend(height: int, width: int, boxes: tuple[TileBox, ...], device:
         b.crop(norm).add_(windows[(b.height, b.width)])
     if not bool((norm > 0).all()):
         raise ValueError(f"the tiles do not cover the whole {height}x{width} grid")
-    windows = {shape: w.to(device=device, dtype=dtype) for shape, w in windows.items()}
-    return windows, norm.to(device=device, dtype=dtype)
+    windows = {shape: _to_device(w, device, dtype) for shape, w in windows.items()}
+    return windows, _to_device(norm, device, dtype)
+
+
+def _to_device(t: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``t`` on ``device``; to a GPU from pinned memory without waiting (the first step of a pass does not
+    synchronise either)."""
+    t = t.to(dtype)
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def _check_cover(tiles: Sequence[ShiftedTile], height: int, width: int) -> None:

@@ -358,7 +358,7 @@ def attention_report_of(variant: Variant, lr_hw: tuple[int, int]) -> dict:
 
     pipe, cfg = variant.pipe, variant.cfg
     device = pipe.device
-    lat = latent_size(lr_hw, cfg.infer.scale, cfg.infer.min_short_side)
+    lat = latent_size(lr_hw, cfg.infer.scale, cfg.infer.min_short_side, padding=cfg.infer.padding)
     tile = [min(cfg.sampling.latent_tile_size, v) for v in lat]
     t = cfg.chunk.frames
     x = torch.randn(t, 4, *tile, device=device)
