@@ -9,7 +9,8 @@ for a device (what :meth:`MGLDPipeline.to` does):
 
 * ``infer.precision``: ``auto`` is the authors' fp16 autocast on CUDA and fp32 on the CPU (:func:`pipeline_precision`);
 * ``infer.cast_weights`` (``auto``: for bf16), ``infer.channels_last``, ``infer.compile``/``compile_mode``
-  (:func:`mgld.models.efficiency.prepare_for_inference`, in place on the networks);
+  (:func:`mgld.models.efficiency.prepare_for_inference`, in place on the networks: another pipeline built on the
+  same network objects sees the cast weights, the layout and the compiled code too — copy them first);
 * ``infer.offload``: ``none`` moves every network to the device; ``model``/``sequential`` hand them to an
   :class:`~mgld.pipeline.memory.Offloader` (each stage asks for its networks with :meth:`Runtime.use`).
 
