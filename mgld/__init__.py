@@ -3,9 +3,10 @@
 ``from mgld import MGLDPipeline`` is the Python entry point; ``mgld --help`` the command line.
 """
 
-from mgld._compat import install_torchvision_functional_tensor_alias, quiet_third_party_logs
+from mgld._compat import install_distutils_shim, install_torchvision_functional_tensor_alias, quiet_third_party_logs
 
 install_torchvision_functional_tensor_alias()
+install_distutils_shim()
 quiet_third_party_logs()
 
 __version__ = "0.1.0"

@@ -268,6 +268,13 @@ class Config:
     infer: InferConfig = field(default_factory=InferConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
+    def __post_init__(self) -> None:
+        # checks across sections
+        _require(self.decode.tile_size != "auto" or self.sampling.pixel_tiling == "frame", "decode.tile_size",
+                 "auto needs sampling.pixel_tiling=frame (with authors it is the pixel tile of the whole chain, so "
+                 "choosing it from memory would change the sampling); set an integer such as 960",
+                 self.decode.tile_size)
+
 
 INFERENCE_SECTIONS = ("sampling", "flow", "decode", "chunk", "infer")
 

@@ -7,7 +7,8 @@
 # importlib_metadata: carried), omegaconf (2.4 vendors antlr4: no antlr4-python3-runtime needed), basicsr (no
 # wheel on PyPI: packed here from this venv's install; at import it needs nothing the machine lacks: lmdb, addict,
 # yapf are only imported by its training code) and av (imported by mgld.io at the runner's import). Not carried:
-# lightning-fabric (only for infer.devices > 1), lpips/pyiqa (evaluation only). About 43 MB.
+# lightning-fabric (only for infer.devices > 1), lpips/pyiqa (evaluation only). pytest (+ pluggy, iniconfig: under
+# 1 MB) runs the CUDA-only tests first. About 43 MB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEST=.whl
@@ -15,7 +16,8 @@ mkdir -p "$DEST"
 PY=${PYTHON:-python3}
 version() { $PY -c "import importlib.metadata as m; print(m.version('$1'))"; }
 specs=("diffusers==$(version diffusers)" "omegaconf==$(version omegaconf)" \
-       "importlib_metadata==$(version importlib_metadata)" "av==$(version av)")
+       "importlib_metadata==$(version importlib_metadata)" "av==$(version av)" \
+       "pytest==$(version pytest)" "pluggy==$(version pluggy)" "iniconfig==$(version iniconfig)")
 $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d "$DEST" "${specs[@]}"

@@ -45,12 +45,22 @@ def _inputs(h=24, w=32):
     return torch.randn(5, 4, h, w, generator=g), torch.randn(5, 4, h, w, generator=g)
 
 
-def test_one_tile_per_call_is_the_sampler_bit_for_bit(denoiser):
+def _blended_one_by_one(denoiser, x, timestep, z, num_frames, tile, overlap):
+    """The sampler's tiled prediction before batching: one tile per call, blended with blend_tiles."""
+    from mgld.diffusion.tiling import blend_tiles, tile_boxes
+
+    t = torch.tensor([timestep])
+    boxes = tile_boxes(x.shape[-2], x.shape[-1], tile, overlap)
+    return blend_tiles(((b, denoiser(b.crop(x), t, b.crop(z), num_frames)) for b in boxes), tuple(x.shape[-2:]))
+
+
+def test_one_tile_per_call_is_the_sampler_before_batching_bit_for_bit(denoiser):
     x, z = _inputs()  # tiles of 16 with overlap 8: 2 x 3 tiles
     with torch.no_grad():
-        ref = sampling.predict_noise(denoiser, x, 500, z, 5, 16, 8, 1)
+        ref = _blended_one_by_one(denoiser, x, 500, z, 5, 16, 8)
         out = predict_noise(denoiser, x, 500, z, 5, 16, 8, 1)
     assert torch.equal(out, ref)
+    assert sampling.predict_noise is predict_noise  # what the sampler calls
 
 
 def test_batched_tiles_equal_one_tile_per_call_within_fp32_rounding(denoiser):

@@ -94,20 +94,3 @@ def test_cli_work_table(capsys):
     assert main(["--config", "infer", "--work-table"]) == 0
     out = capsys.readouterr().out
     assert "4.837 TFLOP" in out and "| 720p | 180x320 | 92x160 | 2.23 | 1.67 |" in out
-
-
-def test_offload_profiler_places_the_networks_of_each_stage():
-    import torch
-
-    from mgld.perf.benchmark import OffloadProfiler
-    from mgld.pipeline.memory import Offloader
-
-    nets = {"denoiser": torch.nn.Linear(2, 2), "vae": torch.nn.Linear(2, 2)}
-    profiler = OffloadProfiler("cpu", Offloader(nets, "meta", "model"))  # "meta" stands in for the GPU
-    with profiler.stage("encoder+unet"):
-        assert nets["denoiser"].weight.is_meta and not nets["vae"].weight.is_meta
-    with profiler.stage("guidance"):  # no network: the denoiser stays for the next step
-        assert nets["denoiser"].weight.is_meta
-    with profiler.stage("vae_decode"):
-        assert nets["vae"].weight.is_meta and not nets["denoiser"].weight.is_meta
-    assert profiler.stats["guidance"].calls == 1

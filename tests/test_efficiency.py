@@ -137,10 +137,20 @@ def test_precision_resolution_on_cpu():
     assert use_cast_weights(True, "fp16") and not use_cast_weights(True, "fp32")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_precision_auto_is_bf16_on_gpus_that_have_it():
-    major = torch.cuda.get_device_capability()[0]
-    assert resolve_precision("auto", "cuda") == ("bf16" if major >= 8 else "fp16")
+def test_precision_auto_is_the_authors_fp16_on_cuda_and_fast_asks_for_bf16(monkeypatch):
+    import mgld.models.efficiency as E
+
+    assert resolve_precision("auto", "cuda") == "fp16"  # the default is the authors' autocast, on every GPU
+    assert E.fast_overrides("cpu") == ["sampling.tile_batch=auto"]
+    for native, precision in ((True, "bf16"), (False, "fp16")):
+        monkeypatch.setattr(E, "has_native_bf16", lambda device, native=native: native)
+        assert E.fast_overrides("cuda:1") == [f"infer.precision={precision}", "infer.cast_weights=true",
+                                              "infer.channels_last=true", "sampling.tile_batch=auto"]
+    from mgld.config import load_config
+
+    cfg = load_config("infer", E.fast_overrides("cuda") + ["infer.channels_last=false"])  # later ones win
+    assert (cfg.infer.precision, cfg.infer.cast_weights, cfg.infer.channels_last, cfg.sampling.tile_batch) == (
+        "fp16", True, False, "auto")
 
 
 def test_attention_kernels_are_reported_and_can_be_forced(nets):

@@ -65,7 +65,8 @@ def test_auto_tile_warns_when_even_the_smallest_does_not_fit(caplog):
 
 
 def test_tile_stride_and_next_smaller_tile():
-    assert tile_stride_for(960) == 768 and tile_stride_for(512) == 408 and tile_stride_for(768) == 616
+    assert tile_stride_for(960) == 750 and tile_stride_for(512) == 400 and tile_stride_for(768) == 600
+    assert tile_stride_for(512, 512, 400) == 400 and tile_stride_for(960, 960, 751) == 751  # as configured
     assert all(tile_stride_for(t) % 8 == 0 for t in (256, 320, 704, 896))
     assert smaller_tile(960) == 768 and smaller_tile(768) == 576 and smaller_tile(256) is None
 

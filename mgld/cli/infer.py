@@ -38,6 +38,13 @@ single process (CPU: with the same number of threads per process, e.g. OMP_NUM_T
     sbatch --array=0-7 --wrap 'mgld infer --input in --output out --shard $SLURM_ARRAY_TASK_ID/8'
     # tiny random networks: exercises the whole pipeline on a CPU in seconds
     mgld infer --config tiny --input sample --output /tmp/sample_sr   # 'sample': the bundled LR clip
+    # faster on a GPU, output no longer bit-identical to the authors' (bf16, batched tiles, ...): --fast
+    mgld infer --input clip.mp4 --output clip_x4.mp4 --fast --compile
+
+Defaults reproduce the authors' released script (fp16 autocast on CUDA, one latent tile per UNet call,
+overlapping tiles). Every speed-up that changes the output is a named option: --precision bf16, --tile-batch,
+--tile-schedule shifted, --compile, or all the common ones at once with --fast; --offload and --decode-tile-size
+auto (with sampling.pixel_tiling=frame) trade speed for memory.
 
 Any config key can follow as key=value (e.g. sampling.tile_batch=4); the flags below are shortcuts for the
 common ones and are applied before those overrides.
@@ -50,6 +57,14 @@ import logging
 import sys
 from pathlib import Path
 
+# the --fast help, kept in sync with mgld.models.efficiency.FAST_HELP (tests/test_cli.py; not imported: --help
+# must not import torch)
+FAST_HELP = ("turn on the speed options that change the output (by float rounding, or by bf16): on CUDA "
+             "infer.precision=bf16 (fp16 on GPUs without native bf16) with weights cast once and norms in fp32 "
+             "(infer.cast_weights=true), infer.channels_last=true, sampling.tile_batch=auto; on the CPU only "
+             "sampling.tile_batch=auto. Flags and key=value overrides given with it win; add --compile for "
+             "torch.compile")
+
 # flag -> config key it sets
 FLAG_KEYS = {
     "unet": "infer.unet", "vae": "infer.vae", "weights": "infer.weights", "steps": "sampling.steps",
@@ -57,7 +72,8 @@ FLAG_KEYS = {
     "flow": "flow.method", "flow_weights": "flow.weights", "color_fix": "decode.color_fix",
     "cfw_weight": "decode.cfw_weight",
     "latent_tile_size": "sampling.latent_tile_size", "latent_tile_overlap": "sampling.latent_tile_overlap",
-    "decode_tile_size": "decode.tile_size", "chunk_frames": "chunk.frames",
+    "decode_tile_size": "decode.tile_size", "chunk_frames": "chunk.frames", "tile_batch": "sampling.tile_batch",
+    "tile_schedule": "sampling.tile_schedule", "offload": "infer.offload",
     "chunk_overlap": "chunk.overlap", "seed": "sampling.seed", "precision": "infer.precision",
     "device": "infer.device", "devices": "infer.devices", "num_nodes": "infer.num_nodes", "crf": "output.crf",
     "output_format": "output.format", "fps": "output.fps", "bit_depth": "output.bit_depth",
@@ -91,12 +107,30 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="latent tile size of the UNet (default 64 = 512 px)")
     p.add_argument("--latent-tile-overlap", "--tile-overlap", dest="latent_tile_overlap", type=int,
                    help="latent tile overlap (default 32)")
-    p.add_argument("--decode-tile-size", dest="decode_tile_size", type=int,
-                   help="pixel tile of the VAE encode/decode, the memory driver (default 960)")
+    p.add_argument("--decode-tile-size", dest="decode_tile_size", type=_int_or_auto, metavar="{N,auto}",
+                   help="pixel tile (multiple of 8): the authors' per-tile chain, and the VAE tiles of "
+                        "sampling.pixel_tiling=frame, the memory driver (default 960); auto (frame mode only): the "
+                        "largest up to 960 that fits the free memory")
+    p.add_argument("--tile-batch", dest="tile_batch", type=_int_or_auto, metavar="{N,auto}",
+                   help="latent tiles per UNet call; auto: as many as the free memory allows (default 1, as the "
+                        "authors; more changes the output by float rounding only)")
+    p.add_argument("--tile-schedule", choices=["overlap", "shifted"],
+                   help="overlap: the authors' Gaussian-blended overlapping latent tiles (default); shifted: "
+                        "non-overlapping tiles on a grid shifted every step, about half the UNet work at 720p "
+                        "(changes the output)")
     p.add_argument("--chunk-frames", type=int, help="frames per clip (default 5, as trained)")
     p.add_argument("--chunk-overlap", type=int, help="frames shared by consecutive clips (default 0: independent)")
     p.add_argument("--seed", type=int, help="noise seed (default 42)")
-    p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], help="fp16/bf16 need CUDA (default auto)")
+    p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"],
+                   help="auto: fp16 autocast on CUDA (the authors'), fp32 on the CPU (default); bf16 (CUDA): "
+                        "weights cast to bf16 once, norms in fp32; fp16/bf16 need CUDA")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the denoiser (infer.compile; the first clip is slower; float rounding)")
+    p.add_argument("--offload", choices=["none", "model", "sequential"],
+                   help="where the networks wait between stages: none (on the GPU, default), model (each on the GPU "
+                        "only for its stage), sequential (each layer for its own call: least memory, slowest); the "
+                        "output is unchanged")
+    p.add_argument("--fast", action="store_true", help=FAST_HELP)
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--devices", type=int,
                    help="processes per node, one per GPU, or CPU processes with --device cpu (default 1)")
@@ -124,6 +158,25 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. sampling.tile_batch=4")
     return p
+
+
+def _int_or_auto(text: str) -> str:
+    if text != "auto" and not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer or auto")
+    return text
+
+
+def _fast_overrides(config: str, overrides: list[str]) -> list[str]:
+    """``--fast`` as overrides for the device the run will use (read from the config and the other overrides)."""
+    import torch
+
+    from mgld.config import load_config
+    from mgld.models.efficiency import fast_overrides
+
+    device = load_config(config, overrides).infer.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return fast_overrides(device)
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -157,6 +210,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
     flags = [f"{key}={getattr(args, flag)}" for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None]
     flags += ["infer.overwrite=true"] if args.overwrite else []
+    flags += ["infer.compile=true"] if args.compile else []
+    if args.fast:  # first, so that any flag or override given with it wins
+        fast = _fast_overrides(args.config, flags + list(args.overrides))
+        logging.getLogger("mgld.cli.infer").info("--fast: %s", " ".join(fast))
+        flags = fast + flags
     cfg = load_config(args.config, flags + list(args.overrides))  # a bad config: one line, exit 2 (cli/_errors.py)
     if args.print_config:
         print(to_yaml(cfg))

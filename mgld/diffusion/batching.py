@@ -69,8 +69,17 @@ def _gaussian_blend(height: int, width: int, boxes: tuple[TileBox, ...], device:
         b.crop(norm).add_(windows[(b.height, b.width)])
     if not bool((norm > 0).all()):
         raise ValueError(f"the tiles do not cover the whole {height}x{width} grid")
-    windows = {shape: w.to(device=device, dtype=dtype) for shape, w in windows.items()}
-    return windows, norm.to(device=device, dtype=dtype)
+    windows = {shape: _to_device(w, device, dtype) for shape, w in windows.items()}
+    return windows, _to_device(norm, device, dtype)
+
+
+def _to_device(t: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``t`` on ``device``; to a GPU from pinned memory without waiting (the first step of a pass does not
+    synchronise either)."""
+    t = t.to(dtype)
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def _check_cover(tiles: Sequence[ShiftedTile], height: int, width: int) -> None:
@@ -134,6 +143,25 @@ def resolve_tile_batch(
     fixed, per_tile = call_cost(denoiser, tile, num_frames, dtype, autocast=amp)
     fits = int((fraction * budget - fixed) // per_tile)
     return max(1, min(tiles, fits))
+
+
+def tile_batch_for_pass(tile_batch: int | str, denoiser: torch.nn.Module, latent: Tensor, *, tile_size: int,
+                        tile_overlap: int, tile_schedule: str = "overlap", steps: int = 1) -> int:
+    """``sampling.tile_batch`` for one sampling pass over ``latent`` (``t 4 h w``; its device and dtype, under
+    the caller's autocast): the integer, or for ``auto`` :func:`resolve_tile_batch` on ``denoiser`` for the tiles
+    of the schedule (``shifted``: the most tiles of any of the ``steps`` steps, whose offsets differ) — once per
+    pass, so that every step batches alike."""
+    if tile_batch != "auto":
+        return tile_batch
+    t, _, h, w = latent.shape
+    if tile_schedule == "overlap":
+        boxes = tile_boxes(h, w, tile_size, tile_overlap)
+        count, largest = len(boxes), max(boxes, key=lambda b: b.height * b.width)
+        shape = (largest.height, largest.width)
+    else:
+        count = max(len(shifted_tiles(h, w, tile_size, k)) for k in range(steps))
+        shape = (min(tile_size, h), min(tile_size, w))
+    return 1 if count == 1 else resolve_tile_batch("auto", denoiser, count, shape, t, latent.device, latent.dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -208,4 +236,4 @@ def predict_noise(
     return out / norm if shifted is None else out
 
 
-__all__ = ["TILE_SCHEDULES", "call_cost", "plan_batches", "predict_noise", "resolve_tile_batch"]
+__all__ = ["TILE_SCHEDULES", "call_cost", "plan_batches", "predict_noise", "resolve_tile_batch", "tile_batch_for_pass"]

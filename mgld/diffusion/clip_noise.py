@@ -9,6 +9,7 @@ of the step-by-step draws, bit for bit.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -83,4 +84,21 @@ class DeviceFrameNoise:
         return box.crop(self.draws[j])
 
 
-__all__ = ["ClipNoise", "DeviceFrameNoise", "draw_clip_noise"]
+def frame_noise_on_device(source, device: torch.device | str, max_bytes: int):
+    """``source`` as a :class:`DeviceFrameNoise` on ``device`` when it is a
+    :class:`~mgld.diffusion.noise.FrameNoise` whose draws for one clip (``num_steps + 1`` whole-frame draws of
+    ``t c H W`` float32) fit in ``max_bytes``; else ``source`` itself (drawn step by step, the same values).
+    What :meth:`mgld.pipeline.pipeline.MGLDPipeline.upscale_clip` does with its noise on a GPU."""
+    from mgld.diffusion.noise import FrameNoise, draw_index
+
+    if not isinstance(source, FrameNoise):
+        return source
+    count = source.num_steps + 1
+    size = count * len(source.frame_indices) * math.prod(source.shape) * 4
+    if size > max_bytes:
+        return source
+    return DeviceFrameNoise(source.frame_draw, count, lambda kind, step: draw_index(kind, step, source.num_steps),
+                            device)
+
+
+__all__ = ["ClipNoise", "DeviceFrameNoise", "draw_clip_noise", "frame_noise_on_device"]

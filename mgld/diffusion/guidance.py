@@ -122,7 +122,10 @@ def guidance_step(
         masks32 = tuple(m.detach().float() for m in masks)
         loss = warping_loss(z, flows32, masks32, num_frames, variant)
         (grad,) = torch.autograd.grad(loss, z)
-    step = scale * torch.as_tensor(log_variance, dtype=torch.float32, device=z.device).abs()
+    if isinstance(log_variance, Tensor) and log_variance.device.type != "cpu":
+        step = scale * log_variance.detach().float().abs()
+    else:  # a float32 value as a Python number: no host-to-device copy (and no wait) in the step loop
+        step = (scale * torch.as_tensor(log_variance, dtype=torch.float32).abs()).item()
     updated = z.detach() - step * grad
     return updated.to(latents.dtype), loss.detach()
 

@@ -3,7 +3,9 @@
 For k = N-1 … 0 (respaced steps; the networks see the original timestep ``S[k]``):
 
 1. predict the noise over the latent in overlapping tiles, each tile running the time-aware encoder on
-   the clean LR latent crop and the UNet on the noisy crop, stitched with the authors' Gaussian window;
+   the clean LR latent crop and the UNet on the noisy crop, stitched with the authors' Gaussian window
+   (:func:`mgld.diffusion.batching.predict_noise`: tiles batched into network calls by ``tile_batch``, or the
+   shifted non-overlapping schedule);
 2. one DDPM ancestral step (x̂0, posterior mean, + noise for k > 0);
 3. the motion-guided update ``z ← z − s·|log σ̃²_k|·∇L(z)`` with ``L`` the masked bidirectional latent
    warping loss (:mod:`mgld.diffusion.guidance`);
@@ -22,10 +24,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mgld.diffusion.batching import predict_noise
 from mgld.diffusion.guidance import guidance_step
 from mgld.diffusion.noise import NoiseSource
 from mgld.diffusion.schedule import RespacedSchedule
-from mgld.diffusion.tiling import TileBox, blend_tiles, tile_boxes
+from mgld.diffusion.tiling import TileBox
 
 
 @dataclass
@@ -93,39 +96,6 @@ class StepResult:
     guidance_loss: Tensor | None
 
 
-def predict_noise(
-    denoiser: Callable,
-    x: Tensor,
-    timestep: int,
-    z_lr: Tensor,
-    num_frames: int,
-    tile_size: int = 64,
-    tile_overlap: int = 32,
-    tile_batch: int = 1,
-) -> Tensor:
-    """ε̂ over the whole latent from overlapping tiles (docs/algorithm.md §5); ``tile_batch`` tiles per network call.
-
-    x, z_lr: ``t 4 h w`` (one clip) -> ``t 4 h w``.
-    """
-    boxes = tile_boxes(x.shape[-2], x.shape[-1], tile_size, tile_overlap)
-    t = torch.tensor([timestep], device=x.device)
-
-    def tiles():
-        for start in range(0, len(boxes), tile_batch):
-            group = boxes[start:start + tile_batch]
-            if len({(b.height, b.width) for b in group}) > 1:  # edge tiles of unequal size: one at a time
-                for box in group:
-                    yield box, denoiser(box.crop(x), t, box.crop(z_lr), num_frames)
-                continue
-            eps = denoiser(torch.cat([b.crop(x) for b in group]), t, torch.cat([b.crop(z_lr) for b in group]),
-                           num_frames)
-            yield from zip(group, eps.split(x.shape[0]))
-
-    if len(boxes) == 1:
-        return denoiser(x, t, z_lr, num_frames)
-    return blend_tiles(tiles(), tuple(x.shape[-2:]))
-
-
 def sampling_step(
     denoiser: Callable,
     schedule: RespacedSchedule,
@@ -140,12 +110,18 @@ def sampling_step(
     tile_size: int = 64,
     tile_overlap: int = 32,
     tile_batch: int = 1,
+    tile_schedule: str = "overlap",
 ) -> StepResult:
     """One respaced step ``k`` from ``x`` (``t 4 h w``); ``noise`` is ξ (ignored, may be None, at k = 0).
 
     ``guidance`` is anything with ``apply(latents, log_variance, num_frames) -> (latents, loss)``
-    (:class:`MotionGuidance`)."""
-    eps = predict_noise(denoiser, x, schedule.timestep(k), z_lr, num_frames, tile_size, tile_overlap, tile_batch)
+    (:class:`MotionGuidance`). The noise is predicted by :func:`mgld.diffusion.batching.predict_noise`:
+    ``tile_batch`` latent tiles per network call (an integer; resolve ``auto`` once per pass with
+    :func:`mgld.diffusion.batching.resolve_tile_batch` on the network), ``tile_schedule`` ``overlap`` (the
+    authors' Gaussian-blended tiles) or ``shifted`` (non-overlapping tiles whose grid offset is a function of
+    ``k``)."""
+    eps = predict_noise(denoiser, x, schedule.timestep(k), z_lr, num_frames, tile_size, tile_overlap, tile_batch,
+                        tile_schedule=tile_schedule, step=k)
     out = schedule.step(eps.to(x.dtype), k, x, noise=noise if k > 0 else None)
     latents, loss = out.prev_sample, None
     if guidance is not None:
@@ -167,6 +143,7 @@ def sample(
     tile_size: int = 64,
     tile_overlap: int = 32,
     tile_batch: int = 1,
+    tile_schedule: str = "overlap",
     callback: Callable[[dict], None] | None = None,
 ) -> Tensor:
     """Sample one clip (or one pixel tile of it): ``x_T = √ᾱ_999·z_lr + √(1−ᾱ_999)·ε``, then every step
@@ -174,9 +151,13 @@ def sample(
 
     z_lr: ``t 4 h w`` clean LR latent (scaled by 0.18215). ``noise`` is asked for ``("x_T", None, box)``, then
     ``("xi", k, box)`` for k = N−1 … 1; ``box`` is where this latent lies on the frame's latent grid (default: the
-    whole of ``z_lr``). After each step ``callback`` gets a dict: ``step`` (k), ``index`` (0 … N−1),
-    ``num_steps``, ``latents`` (``t 4 h w`` after guidance and anchor), ``pred_x0``, ``mean``,
-    ``before_guidance`` and ``guidance_loss`` (None without guidance). Returns the final latents ``t 4 h w``.
+    whole of ``z_lr``); ``tile_batch``, ``tile_schedule``: see :func:`sampling_step`. After each step ``callback``
+    gets a dict: ``step`` (k), ``index`` (0 … N−1), ``num_steps``, ``latents`` (``t 4 h w`` after guidance and
+    anchor), ``pred_x0``, ``mean``, ``before_guidance`` and ``guidance_loss`` (None without guidance). Returns the
+    final latents ``t 4 h w``.
+
+    Nothing in the loop waits for the device (no ``.item()``, no blocking copy) when the noise source answers
+    with tensors already on the device (the pipeline's :class:`~mgld.diffusion.clip_noise.DeviceFrameNoise`).
     """
     num_frames, (h, w) = z_lr.shape[0], z_lr.shape[-2:]
     box = box or TileBox(0, 0, h, w)
@@ -186,7 +167,8 @@ def sample(
     for index, k in enumerate(reversed(range(schedule.num_steps))):
         xi = noise.draw("xi", k, box).to(z_lr.device, z_lr.dtype) if k > 0 else None
         out = sampling_step(denoiser, schedule, x, k, z_lr, num_frames, xi, guidance=guidance, anchor=anchor,
-                            tile_size=tile_size, tile_overlap=tile_overlap, tile_batch=tile_batch)
+                            tile_size=tile_size, tile_overlap=tile_overlap, tile_batch=tile_batch,
+                            tile_schedule=tile_schedule)
         x = out.latents
         if callback is not None:
             callback({"step": k, "index": index, "num_steps": schedule.num_steps, "latents": x,

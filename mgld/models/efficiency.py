@@ -1,7 +1,8 @@
 """Inference-only efficiency options for the networks (docs/notes/perf.md): none changes the fp32 numerics.
 
-* :func:`resolve_precision` — ``infer.precision: auto`` is bf16 on GPUs with native bf16, fp16 on other GPUs,
-  fp32 on the CPU. ``fp16`` keeps the authors' behaviour: fp32 weights under ``torch.autocast`` (fp16).
+* :func:`resolve_precision` — ``infer.precision: auto`` is the authors' fp16 autocast on CUDA (fp32 weights under
+  ``torch.autocast``), fp32 on the CPU; bf16 is asked for by name (``--precision bf16``) or by the ``--fast``
+  preset (:func:`fast_overrides`: bf16 on GPUs with native bf16, fp16 on others).
 * :func:`cast_weights` — weights stored once in the compute dtype (``infer.cast_weights``), instead of autocast
   re-casting every weight on every call (autocast caches casts only for weights that require grad, and the
   inference networks do not). GroupNorm/LayerNorm keep fp32 parameters and normalise in fp32 inside the op
@@ -14,7 +15,9 @@
 * :func:`attention_backends` reports which scaled-dot-product-attention kernel each attention call ran
   (flash, memory-efficient, cuDNN, CPU flash or the unfused math path); :func:`attention_backend` restricts it
   (``infer.attention``).
-* :func:`prepare_for_inference` applies the configured options to a denoiser and a VAE.
+* :func:`prepare_for_inference` applies the configured options to a denoiser and a VAE (what
+  :meth:`mgld.pipeline.pipeline.MGLDPipeline.to` calls).
+* :func:`fast_overrides` — the ``mgld infer --fast`` preset: the output-changing speed options together.
 """
 
 from __future__ import annotations
@@ -52,12 +55,11 @@ def has_native_bf16(device: torch.device | str) -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """``fp32`` | ``fp16`` | ``bf16`` for ``infer.precision`` on ``device`` (``auto``: module docstring)."""
+    """``fp32`` | ``fp16`` | ``bf16`` for ``infer.precision`` on ``device``: ``auto`` is fp16 (the authors'
+    autocast) on CUDA and fp32 elsewhere; the others are returned as they are."""
     device = torch.device(device)
     if precision == "auto":
-        if device.type != "cuda":
-            return "fp32"
-        return "bf16" if has_native_bf16(device) else "fp16"
+        return "fp16" if device.type == "cuda" else "fp32"
     if precision not in DTYPES:
         raise ValueError(f"infer.precision must be auto, fp32, fp16 or bf16, got {precision!r}")
     return precision
@@ -309,7 +311,7 @@ def prepare_for_inference(
         cast_weights(denoiser, dtype)
         cast_weights(vae, dtype)
         cast_dtype, amp = dtype, None
-    if compile:
+    if compile and getattr(denoiser, "_compiled_call_impl", None) is None:  # once (applying again is a no-op)
         compile_module(denoiser, compile_mode)
     graphs = compile and compile_mode in ("reduce-overhead", "max-autotune")  # the modes that record CUDA graphs
     if cast_dtype is not None or channels_last or graphs:
@@ -319,8 +321,32 @@ def prepare_for_inference(
     return denoiser, vae, amp
 
 
+# --------------------------------------------------------------------------------------------------
+# The --fast preset
+# --------------------------------------------------------------------------------------------------
+
+FAST_HELP = ("turn on the speed options that change the output (by float rounding, or by bf16): on CUDA "
+             "infer.precision=bf16 (fp16 on GPUs without native bf16) with weights cast once and norms in fp32 "
+             "(infer.cast_weights=true), infer.channels_last=true, sampling.tile_batch=auto; on the CPU only "
+             "sampling.tile_batch=auto. Flags and key=value overrides given with it win; add --compile for "
+             "torch.compile")
+
+
+def fast_overrides(device: torch.device | str) -> list[str]:
+    """The ``--fast`` preset as ``key=value`` overrides for ``device`` (:data:`FAST_HELP`): the speed options
+    that change the output, which the defaults (the authors' behaviour) leave off. Put them before any override
+    that should win, e.g. ``load_config(path, fast_overrides("cuda") + ["sampling.tile_batch=1"])``."""
+    device = torch.device(device)
+    out = ["sampling.tile_batch=auto"]
+    if device.type == "cuda":
+        precision = "bf16" if has_native_bf16(device) else "fp16"
+        out = [f"infer.precision={precision}", "infer.cast_weights=true", "infer.channels_last=true"] + out
+    return out
+
+
 __all__ = [
     "ATTENTION_BACKENDS",
+    "FAST_HELP",
     "COMPILE_MODES",
     "InferenceDenoiser",
     "InferenceVAE",
@@ -331,6 +357,7 @@ __all__ = [
     "attention_backends",
     "cast_weights",
     "compile_module",
+    "fast_overrides",
     "has_native_bf16",
     "mark_cudagraph_step",
     "prepare_for_inference",

@@ -10,11 +10,10 @@ output frame, also extrapolated to 50 steps. :func:`compare` runs two configurat
 one process and reports the ratios and how far B's frames are from A's (PSNR, and LPIPS/DISTS with
 ``quality=True``: the quality cost of a mode in one command).
 
-Options the pipeline does not apply itself yet are applied here (:func:`prepare_variant`): the precision
-(``auto`` → bf16 on GPUs that have it), ``infer.cast_weights``, ``channels_last``, ``compile``, ``attention``,
-``offload`` (through the stage hooks), ``decode.tile_size: auto`` (resolved from free memory), and
-``sampling.tile_batch: auto`` / ``sampling.tile_schedule`` (the sampler's tiled prediction is routed to
-:func:`mgld.diffusion.batching.predict_noise` while ``mgld.diffusion.sampling`` does not use it).
+Every option is the pipeline's own (:class:`mgld.pipeline.pipeline.MGLDPipeline` applies ``infer.precision``,
+``cast_weights``, ``channels_last``, ``compile``, ``attention``, ``offload``, ``sampling.tile_batch`` /
+``tile_schedule`` and ``decode.tile_size: auto`` itself); :func:`prepare_variant` only builds a pipeline per
+configuration around shared networks (copied when an option changes them) with call recorders for the counts.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ import logging
 import statistics
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +73,14 @@ class DenoiserRecorder(nn.Module):
         if x_t.device.type != "meta":  # not the memory/FLOP counts of tile_batch=auto
             self.calls[(tuple(x_t.shape), int(num_frames))] += 1
         return self.denoiser(x_t, timesteps, z_lr, num_frames, context, cond)
+
+    def compile(self, *args, **kwargs):
+        """Compile the wrapped network (``infer.compile``); the counting stays outside the compiled code."""
+        self.denoiser.compile(*args, **kwargs)
+
+    @property
+    def _compiled_call_impl(self):
+        return getattr(self.denoiser, "_compiled_call_impl", None)
 
 
 class VAERecorder(nn.Module):
@@ -142,33 +149,16 @@ class _FlopCache:
 # --------------------------------------------------------------------------------------------------
 
 
-class OffloadProfiler(StageProfiler):
-    """A stage profiler whose stages also place the networks (``infer.offload``: :class:`~mgld.pipeline.memory.
-    Offloader`)."""
-
-    def __init__(self, device, offloader):
-        super().__init__(device)
-        self.offloader = offloader
-
-    @contextlib.contextmanager
-    def stage(self, name: str):
-        networks = [n for n in STAGE_NETWORKS.get(name, ()) if n in self.offloader.models]
-        # a stage without networks (guidance) leaves the resident ones where they are
-        placement = self.offloader.use(*networks) if networks else contextlib.nullcontext()
-        with placement, super().stage(name):
-            yield
-
-
 @dataclass
 class Variant:
-    """A configuration ready to run: the pipeline object, the config asked for, and what was applied."""
+    """A configuration ready to run: the pipeline (moved to its device, options applied), the config asked for,
+    the resolved precision and what the pipeline applied (:attr:`MGLDPipeline.options`)."""
 
     name: str
     cfg: Config
     pipe: object
     precision: str
     applied: dict = field(default_factory=dict)
-    offload: dict = field(default_factory=dict)  # networks placed by infer.offload (an Offloader per run)
 
 
 def _random_raft(cfg: Config, device):
@@ -198,91 +188,32 @@ def build_base(cfg: Config, device: str | None = None):
     return pipe
 
 
-def _sampler_routed() -> bool:
-    import mgld.diffusion.batching as batching
-    import mgld.diffusion.sampling as sampling
-
-    return getattr(sampling, "predict_noise", None) is batching.predict_noise
-
-
-@contextlib.contextmanager
-def _route_sampler(cfg: Config, network: nn.Module):
-    """Route the sampler's tiled prediction through :func:`mgld.diffusion.batching.predict_noise` with the
-    configured ``tile_batch`` / ``tile_schedule`` (until :mod:`mgld.diffusion.sampling` calls it itself);
-    ``tile_batch: auto`` is resolved once per latent geometry on ``network`` (the sampler may be handed a timing
-    wrapper of it)."""
-    import mgld.diffusion.batching as batching
-    import mgld.diffusion.sampling as sampling
-    from mgld.diffusion.tiling import shifted_tiles, tile_boxes
-
-    if _sampler_routed():
-        yield
-        return
-    original = sampling.predict_noise
-    schedule, batch = cfg.sampling.tile_schedule, cfg.sampling.tile_batch
-    resolved: dict = {}
-
-    def routed(denoiser, x, timestep, z_lr, num_frames, tile_size=64, tile_overlap=32, tile_batch=1):
-        size = batch
-        if batch == "auto":
-            key = (tuple(x.shape), tile_size, tile_overlap)
-            if key not in resolved:
-                h, w = x.shape[-2:]
-                boxes = tile_boxes(h, w, tile_size, tile_overlap) if schedule == "overlap" else \
-                    [t.box for t in shifted_tiles(h, w, tile_size, 0)]
-                largest = max(boxes, key=lambda b: b.height * b.width)
-                resolved[key] = batching.resolve_tile_batch("auto", network, len(boxes),
-                                                            (largest.height, largest.width), num_frames, x.device,
-                                                            x.dtype)
-            size = resolved[key]
-        return batching.predict_noise(denoiser, x, timestep, z_lr, num_frames, tile_size, tile_overlap, size,
-                                      tile_schedule=schedule)
-
-    sampling.predict_noise = routed
-    try:
-        yield
-    finally:
-        sampling.predict_noise = original
-
-
-def prepare_variant(base, cfg: Config, name: str, lr_hw: tuple[int, int]) -> Variant:
-    """A pipeline running ``cfg`` with the efficiency options applied (module docstring); shares ``base``'s
-    networks unless an option changes them (then they are copied first)."""
-    from mgld.models.efficiency import prepare_for_inference, resolve_precision, use_cast_weights
-    from mgld.perf.work import padded_size
-    from mgld.pipeline.memory import auto_decode_tile, free_bytes, tile_stride_for
+def prepare_variant(base, cfg: Config, name: str, lr_hw: tuple[int, int] | None = None) -> Variant:
+    """A pipeline running ``cfg`` on ``base``'s device, around ``base``'s networks (copied first when an option
+    changes them: weights cast, channels_last, compile), with call recorders; the pipeline applies every option
+    itself (:meth:`MGLDPipeline.to`). With ``infer.offload`` the networks are handed back to the device after the
+    placement and placed again by each run (:func:`run_variant`), so that variants sharing them can alternate.
+    ``lr_hw`` is not needed any more (kept for callers)."""
+    from mgld.models.efficiency import use_cast_weights
     from mgld.pipeline.pipeline import MGLDPipeline
+    from mgld.pipeline.runtime import pipeline_precision
 
     infer, device = cfg.infer, base.device
-    precision = resolve_precision(infer.precision, device)
-    cast = use_cast_weights(infer.cast_weights, precision)
-    changes = cast or infer.channels_last or infer.compile  # offloading moves the weights and puts them back
+    precision = pipeline_precision(infer.precision, device)
+    changes = use_cast_weights(infer.cast_weights, precision) or infer.channels_last or infer.compile
     denoiser, vae = (copy.deepcopy(base.denoiser), copy.deepcopy(base.vae)) if changes else (base.denoiser, base.vae)
-    denoiser, vae, amp = prepare_for_inference(denoiser, vae, precision=precision, cast=infer.cast_weights,
-                                               channels_last=infer.channels_last, compile=infer.compile,
-                                               compile_mode=infer.compile_mode)
-    run_infer = replace(infer, precision="fp32" if amp is None else precision, overwrite=True)
-    applied = {"precision": precision, "autocast": amp is not None, "cast_weights": cast,
-               "channels_last": infer.channels_last, "compile": infer.compile and infer.compile_mode,
-               "attention": infer.attention, "offload": infer.offload}
-    decode = cfg.decode
-    if decode.tile_size == "auto":
-        frame = padded_size(lr_hw, infer.scale, infer.min_short_side)
-        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-        tile = auto_decode_tile(free_bytes(device), frame, cfg.chunk.frames, dtype, autocast=amp is not None)
-        decode = replace(decode, tile_size=tile, tile_stride=tile_stride_for(tile, tile_stride=decode.tile_stride))
-        applied["decode_tile"] = [decode.tile_size, decode.tile_stride]
-    run_cfg = replace(cfg, infer=run_infer, decode=decode)
-    if cfg.sampling.tile_batch == "auto" or cfg.sampling.tile_schedule != "overlap":
-        applied["sampler"] = "mgld.diffusion.batching.predict_noise"
+    run_infer = copy.copy(infer)  # not replace(): the smoke's bf16 on the CPU is refused by the schema's check
+    run_infer.overwrite = True
+    run_cfg = copy.copy(cfg)
+    run_cfg.infer = run_infer
     pipe = MGLDPipeline(DenoiserRecorder(denoiser), VAERecorder(vae), run_cfg, flow_estimator=base._flow_estimator)
-    pipe.device = device
-    offload = {}
-    if infer.offload != "none":
-        offload = {"denoiser": denoiser, "vae": vae}
-        if isinstance(base._flow_estimator, nn.Module):
-            offload["flow"] = base._flow_estimator
-    return Variant(name, cfg, pipe, precision, applied, offload)
+    pipe.to(device)
+    if pipe.runtime.offloader is not None:
+        pipe.runtime.offloader.close()
+    applied = dict(pipe.options)
+    applied["autocast"] = pipe.runtime.amp is not None
+    applied["cast_weights"] = pipe.runtime.cast_dtype is not None
+    return Variant(name, cfg, pipe, pipe.runtime.precision, applied)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -298,10 +229,8 @@ def _sync(device: torch.device) -> None:
 def run_variant(variant: Variant, clip: Path, out: Path, *, peak_tflops: float | None = None,
                 flops: _FlopCache | None = None) -> dict:
     """Run ``variant`` on the frames at ``clip`` into ``out`` with a stage profiler; the measurements."""
-    from mgld.models.efficiency import attention_backend
     from mgld.perf.work import latent_size, work_ratio
     from mgld.pipeline.chunks import plan_chunks
-    from mgld.pipeline.memory import Offloader
     from mgld.pipeline.runner import run
 
     pipe, cfg = variant.pipe, variant.cfg
@@ -311,25 +240,31 @@ def run_variant(variant: Variant, clip: Path, out: Path, *, peak_tflops: float |
     recorder.calls.clear()
     vae_recorder.encodes.clear()
     vae_recorder.decodes.clear()
-    offloader = Offloader(variant.offload, device, cfg.infer.offload) if variant.offload else None
-    pipe.profiler = OffloadProfiler(device, offloader) if offloader else StageProfiler(device)
+    offloader = pipe.runtime.offloader
+    runner_cfg = pipe.config
+    if device.type != "cuda" and runner_cfg.infer.precision != "fp32":  # the smoke's bf16 on the CPU: the
+        runner_cfg = copy.copy(runner_cfg)  # runner's check (fp16/bf16 need CUDA) is for configs people write
+        runner_cfg.infer = copy.copy(runner_cfg.infer)
+        runner_cfg.infer.precision = "auto"
+    pipe.profiler = StageProfiler(device)
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     sampler = None if device.type == "cuda" else _RssSampler()
     start = time.perf_counter()
     try:
-        with _route_sampler(cfg, recorder), attention_backend(cfg.infer.attention):
-            summary = run(pipe.config, clip, out, pipe=pipe, progress=False)
+        if offloader is not None:
+            offloader.start()
+        summary = run(runner_cfg, clip, out, pipe=pipe, progress=False)
         _sync(device)
     finally:
         seconds = time.perf_counter() - start
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else sampler.stop()
         stats, pipe.profiler = pipe.profiler.stats, None
         if offloader is not None:
-            offloader.close()
+            offloader.close()  # the networks back on the device, for the variants that share them
     frames = summary.frames_written + summary.frames_skipped
-    denoiser_net, vae_net = recorder.denoiser, vae_recorder.vae
+    denoiser_net, vae_net = pipe.runtime.denoiser, pipe.runtime.vae  # counted as called (inputs cast, ...)
     calls = [{"shape": list(shape), "frames": t, "calls": n, "tflop": flops.denoiser(denoiser_net, shape, t)}
              for (shape, t), n in recorder.calls.items()]
     unet_tflop = sum(c["calls"] * c["tflop"] for c in calls)
@@ -419,23 +354,24 @@ def attention_report_of(variant: Variant, lr_hw: tuple[int, int]) -> dict:
     """Which SDPA kernel each attention of one denoiser call (one latent tile) and one VAE decode ran."""
     from mgld.models.efficiency import attention_backend, attention_backends
     from mgld.perf.work import latent_size
+    from mgld.pipeline.runtime import autocast
 
     pipe, cfg = variant.pipe, variant.cfg
     device = pipe.device
-    lat = latent_size(lr_hw, cfg.infer.scale, cfg.infer.min_short_side)
+    lat = latent_size(lr_hw, cfg.infer.scale, cfg.infer.min_short_side, padding=cfg.infer.padding)
     tile = [min(cfg.sampling.latent_tile_size, v) for v in lat]
     t = cfg.chunk.frames
     x = torch.randn(t, 4, *tile, device=device)
-    amp = variant.applied["autocast"]
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(variant.precision)
-    autocast = torch.autocast(device.type, dtype=dtype) if amp else contextlib.nullcontext()
-    with attention_backend(cfg.infer.attention), autocast:
-        unet = attention_backends(pipe.denoiser, x, torch.full((1,), 999, device=device), x, t)
-        frames = torch.zeros(t, 3, 8 * tile[0], 8 * tile[1], device=device)
+    run = pipe.runtime  # the networks as the pipeline calls them (cast inputs, channels_last, ...)
+    with attention_backend(cfg.infer.attention), autocast(device, run.amp), run.use("denoiser"):
+        unet = attention_backends(run.denoiser, x, torch.full((1,), 999, device=device), x, t)
+    frames = torch.zeros(t, 3, 8 * tile[0], 8 * tile[1], device=device)
 
-        def vae_call():
-            posterior, feats = pipe.vae.encode(frames)
-            return pipe.vae.decode(posterior.mean, feats, t)
+    def vae_call():
+        posterior, feats = run.vae.encode(frames)
+        return run.vae.decode(posterior.mean, feats, t)
+
+    with attention_backend(cfg.infer.attention), autocast(device, run.amp), run.use("vae"):
 
         vae = attention_backends(vae_call)
     return {"denoiser": unet, "vae": vae}

@@ -2,17 +2,20 @@
 
 On full-size random weights at 720p (LR 180x320), 5 frames, 3 steps, one process runs the configurations of
 :data:`VARIANTS` one after the other (each once untimed, then timed; the same networks): the authors' fp16
-autocast, bf16 under autocast, bf16 with weights cast once, tiles batched (``tile_batch: auto``), channels_last,
-overlap 16, shifted tiles, the memory plan (model offload, automatic decode tile), ``torch.compile`` and CUDA
-graphs. Per configuration: seconds per frame (measured, and extrapolated to 50 steps), the denoiser's achieved
-TFLOP/s and MFU against the bf16 matrix rate measured first, the peak memory per stage, and the largest
-difference of its frames from the reference configuration's. It also reports the attention kernels that ran,
+autocast (the default), bf16 under autocast, bf16 with weights cast once (``--precision bf16``), tiles batched
+(``tile_batch: auto``), channels_last (with the previous two: the ``--fast`` preset), overlap 16, shifted tiles,
+the memory plan (model offload; frame mode with the automatic VAE tile), ``torch.compile`` and CUDA graphs — every
+option applied by the pipeline itself, as ``mgld infer`` runs it. Per configuration: seconds per frame
+(measured, and extrapolated to 50 steps), the denoiser's achieved TFLOP/s and MFU against the bf16 matrix rate
+measured first, the peak memory per stage, and the largest difference of its frames from the reference
+configuration's. It also reports the attention kernels that ran,
 the counted (meta-device) memory of a decode tile next to the measured one, and stops starting configurations
 when ``--budget`` seconds are spent. Results go to ``<out>/gpu_check.json`` (after every configuration) and
 ``<out>/gpu_check.md``; the table is printed last.
 
 ``--cpu-smoke`` runs the same code on the CPU with the tiny networks, a small clip, one step and no warm-up run
-(fp32, and bf16 in one configuration; no fp16 autocast or compilation): the check of the check.
+(fp32, and bf16 with weights cast once in one configuration — set on the loaded config, since the schema refuses
+bf16 with ``infer.device: cpu``; no fp16 autocast or compilation): the check of the check.
 """
 
 from __future__ import annotations
@@ -38,23 +41,13 @@ VARIANTS = [
      "bf16-batch", False),
     ("bf16-batch-shifted", "infer.precision=bf16 sampling.tile_batch=auto sampling.tile_schedule=shifted",
      "bf16-batch", False),
-    ("bf16-batch-offload", "infer.precision=bf16 sampling.tile_batch=auto infer.offload=model decode.tile_size=auto",
-     "bf16-batch", False),
+    ("bf16-batch-offload", "infer.precision=bf16 sampling.tile_batch=auto infer.offload=model", "bf16-batch", False),
+    ("bf16-batch-frame-auto", "infer.precision=bf16 sampling.tile_batch=auto sampling.pixel_tiling=frame "
+     "decode.tile_size=auto", None, False),
     ("bf16-batch-compile", "infer.precision=bf16 sampling.tile_batch=auto infer.compile=true", "bf16-batch", True),
     ("bf16-batch-graphs", "infer.precision=bf16 sampling.tile_batch=auto infer.compile=true "
      "infer.compile_mode=reduce-overhead", "bf16-batch", True),
 ]
-
-
-def _distutils_shim() -> None:
-    """basicsr imports ``distutils`` (removed in Python 3.12); setuptools provides it once imported."""
-    try:
-        import distutils.version  # noqa: F401
-    except ImportError:
-        try:
-            import setuptools  # noqa: F401 - installs its distutils
-        except ImportError:
-            pass
 
 
 def matmul_tflops(device, dtype, n: int = 8192, iters: int = 10) -> float:
@@ -135,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out/gpu_check")))
     p.add_argument("--cpu-smoke", action="store_true", help="tiny networks on the CPU, small clip (tests the check)")
-    p.add_argument("--budget", type=float, default=270.0, help="seconds after which no configuration is started")
+    p.add_argument("--budget", type=float, default=240.0, help="seconds after which no configuration is started")
     p.add_argument("--size", default=None, help="LR size HxW (default 180x320; --cpu-smoke 32x48)")
     p.add_argument("--frames", type=int, default=5)
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default 3; --cpu-smoke 2)")
@@ -143,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    _distutils_shim()
+    from mgld._compat import install_distutils_shim
+
+    install_distutils_shim()  # basicsr imports distutils, gone from Python 3.12 (the device machine's)
     import torch
 
     from mgld.config import load_config
@@ -202,10 +197,12 @@ def main(argv: list[str] | None = None) -> int:
             extra = parse_overrides(overrides)
             if smoke:  # the CPU has no fp16 autocast, and its bf16 is slow: bf16 in one variant, fp32 elsewhere
                 extra = [o for o in extra if not o.startswith("infer.cast_weights")]
-                extra = [o.replace("=bf16", "=fp32") if name != "bf16" else o for o in extra]
+                extra = [o.replace("=bf16", "=fp32") for o in extra]
                 extra = [o.replace("overlap=16", "overlap=4") for o in extra]
             try:
                 cfg = load_config(config, common + extra)
+                if smoke and name == "bf16":  # bf16 with the weights cast once, on the CPU (a pipeline allows it)
+                    cfg.infer.precision, cfg.infer.cast_weights = "bf16", True
                 variant = prepare_variant(base, cfg, name, (height, width))
                 out = Path(tmp) / name
                 if not smoke:  # warm-up: compilation, autotuning, allocator growth
@@ -220,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                 if name in ("fp16-autocast", "bf16"):
                     result["attention"] = attention_report_of(variant, (height, width))
                 if name == "bf16-batch":
-                    frame = padded_size((height, width), cfg.infer.scale, cfg.infer.min_short_side)
+                    frame = padded_size((height, width), cfg.infer.scale, cfg.infer.min_short_side,
+                                        padding=cfg.infer.padding)
                     tile = cfg.decode.tile_size
                     result["decode_memory"] = {
                         "counted_gib": decode_tile_bytes(tile, frame, cfg.chunk.frames, torch.bfloat16) / 2**30,

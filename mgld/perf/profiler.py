@@ -9,9 +9,11 @@ sampled every few milliseconds by a background thread during the stage.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -79,3 +81,27 @@ class StageProfiler:
 def stage(profiler: StageProfiler | None, name: str):
     """``profiler.stage(name)``, or a no-op context without a profiler."""
     return contextlib.nullcontext() if profiler is None else profiler.stage(name)
+
+
+def timed(fn: Callable, profiler: StageProfiler | None, name: str) -> Callable:
+    """``fn`` with every call timed as the stage ``name`` (``fn`` itself without a profiler)."""
+    if profiler is None:
+        return fn
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        with profiler.stage(name):
+            return fn(*args, **kwargs)
+
+    return call
+
+
+class TimedGuidance:
+    """A guidance (anything with ``apply``) whose every update is timed as the profiler's ``guidance`` stage."""
+
+    def __init__(self, guidance, profiler: StageProfiler):
+        self.guidance, self.profiler = guidance, profiler
+
+    def apply(self, *args, **kwargs):
+        with self.profiler.stage("guidance"):
+            return self.guidance.apply(*args, **kwargs)

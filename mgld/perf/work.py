@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from mgld.diffusion.tiling import shifted_tiles, tile_boxes
+from mgld.diffusion.tiling import pixel_tile_starts, shifted_tiles, tile_boxes
 
 # LR input sizes of the standard output sizes (x4).
 FRAME_SIZES = {"480p": (120, 213), "720p": (180, 320), "1080p": (270, 480), "4K": (540, 960)}
@@ -56,11 +56,10 @@ def latent_size(lr_hw: tuple[int, int], scale: int = 4, min_short_side: int = 51
 
 
 def authors_pixel_starts(length: int, tile: int = 960, stride: int = 750) -> list[int]:
-    """The authors' pixel-tile starts along one side: ``range(0, L, stride)`` clamped to ``L − tile``, duplicates
-    removed; one tile covering a side of at most ``tile`` (docs/algorithm.md §5)."""
-    if length <= tile:
-        return [0]
-    return sorted({min(s, length - tile) for s in range(0, length, stride)})
+    """The authors' pixel-tile starts along one side (:func:`mgld.diffusion.tiling.pixel_tile_starts`, what the
+    pipeline uses): ``range(0, L, stride)`` clamped to ``L − tile``, duplicates removed; one tile covering a side
+    of at most ``tile`` (docs/algorithm.md §5)."""
+    return pixel_tile_starts(length, tile, stride)
 
 
 def tile_evaluations(height: int, width: int, mode: str = "overlap", *, tile: int = 64, overlap: int = 32,

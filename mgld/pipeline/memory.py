@@ -101,9 +101,12 @@ def auto_decode_tile(budget: int, frame_hw: tuple[int, int], frames: int, dtype:
     return smallest
 
 
-def tile_stride_for(tile: int, tile_size: int = AUTHORS_TILE, tile_stride: int = 768) -> int:
-    """The stride of an automatically chosen tile: the configured stride scaled like the tile (so the overlap
-    keeps its share), a multiple of 8, at most the tile."""
+def tile_stride_for(tile: int, tile_size: int = AUTHORS_TILE, tile_stride: int = 750) -> int:
+    """The stride of an automatically chosen tile: the configured ``tile_stride`` (of tiles of ``tile_size``)
+    itself when the tile is that size, else scaled like the tile (so the overlap keeps its share), a multiple of
+    8, at most the tile."""
+    if tile == tile_size:
+        return min(tile, tile_stride)
     return min(tile, max(8, 8 * round(tile * tile_stride / tile_size / 8)))
 
 
@@ -185,17 +188,36 @@ class Offloader:
         self.device, self.storage = torch.device(device), torch.device(storage)
         self.resident: set[str] = set()
         self._hooks: list = []
+        self._hooked: set[int] = set()  # ids of the networks with layer hooks (sequential)
         self._host: dict[tuple, torch.Tensor] = {}  # (module, kind, name) -> host copy
-        if mode == "none":
+        self.start()
+
+    def start(self) -> None:
+        """Place the networks for the mode (done at construction; again after :meth:`close`): all on the device
+        (``none``), or all in host memory (``model``; ``sequential`` also installs the per-layer hooks)."""
+        if self.mode == "none":
             for module in self.models.values():
                 module.to(self.device)
             self.resident = set(self.models)
+            return
+        for name in list(self.models):
+            self._start(name)
+
+    def _start(self, name: str) -> None:
+        module = self.models[name]
+        self._to_host(module)
+        self.resident.discard(name)
+        if self.mode == "sequential" and id(module) not in self._hooked:
+            self._install_layer_hooks(module)
+
+    def add(self, name: str, module: nn.Module) -> None:
+        """Place one more network (e.g. the flow estimator, built on first use) as the mode says."""
+        self.models[name] = module
+        if self.mode == "none":
+            module.to(self.device)
+            self.resident.add(name)
         else:
-            for module in self.models.values():
-                self._to_host(module)
-            if mode == "sequential":
-                for module in self.models.values():
-                    self._install_layer_hooks(module)
+            self._start(name)
 
     # host copies -------------------------------------------------------------------------------
     def _slots(self, module: nn.Module, recurse: bool = True) -> Iterator[tuple[tuple, dict, str, torch.Tensor]]:
@@ -214,9 +236,15 @@ class Offloader:
         else:
             table[name] = target
 
+    def _skip(self, tensor: torch.Tensor) -> bool:
+        """A ``meta`` tensor (a network counted on the meta device, :mod:`mgld.perf.simulate`) stays as it is."""
+        return tensor.is_meta and self.device.type != "meta"
+
     def _to_host(self, module: nn.Module, recurse: bool = True) -> None:
         pin = self.device.type == "cuda" and self.storage.type == "cpu"
         for key, table, name, tensor in self._slots(module, recurse):
+            if self._skip(tensor):
+                continue
             host = self._host.get(key)
             if host is None:
                 host = tensor.detach().to(self.storage)
@@ -227,7 +255,7 @@ class Offloader:
 
     def _to_device(self, module: nn.Module, recurse: bool = True) -> None:
         for _, table, name, tensor in self._slots(module, recurse):
-            if tensor.device != self.device:
+            if tensor.device != self.device and not self._skip(tensor):
                 self._place(table, name, tensor, tensor.detach().to(self.device, non_blocking=True))
 
     # sequential --------------------------------------------------------------------------------
@@ -236,6 +264,7 @@ class Offloader:
             if any(t is not None for t in (*sub._parameters.values(), *sub._buffers.values())):
                 self._hooks.append(sub.register_forward_pre_hook(lambda m, args: self._to_device(m, False)))
                 self._hooks.append(sub.register_forward_hook(lambda m, args, out: self._to_host(m, False)))
+        self._hooked.add(id(module))
 
     # stages ------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -259,6 +288,7 @@ class Offloader:
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
+        self._hooked.clear()
         for module in self.models.values():
             self._to_device(module)
         self.resident = set(self.models)

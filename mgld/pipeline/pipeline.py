@@ -27,45 +27,72 @@ Per clip (a chunk of T frames, ``t 3 h w`` in [0, 1]):
 Noise: every random draw is asked of a noise source by ``(kind, step, latent box)``
 (:mod:`mgld.diffusion.noise`): per pass, the VAE posterior, ``x_T``, then ξ for k = N−1 … 1. The default,
 :class:`~mgld.diffusion.noise.FrameNoise`, crops per-frame streams at the tile's latent position, so the output
-is a pure function of ``(seed, frame index)``. Long videos are handled by :mod:`mgld.pipeline.runner`, which
-feeds clips to :meth:`MGLDPipeline.upscale_clip`.
+is a pure function of ``(seed, frame index)``. On a GPU all the draws of a clip are made once and copied to the
+device in one transfer (:func:`mgld.diffusion.clip_noise.frame_noise_on_device`, the same values), so the step
+loop never waits for the host. Long videos are handled by :mod:`mgld.pipeline.runner`, which feeds clips to
+:meth:`MGLDPipeline.upscale_clip`.
+
+How the networks run (docs/notes/perf.md; applied by :meth:`MGLDPipeline.to`, or at the first call): the
+precision (``infer.precision``: ``auto`` is the authors' fp16 autocast on CUDA, fp32 on the CPU), weights cast
+once with fp32 norms (``infer.cast_weights``), ``infer.channels_last``, ``infer.compile``, the attention kernel
+(``infer.attention``) and where the networks live between stages (``infer.offload``); per pass, the latent tiles
+per denoiser call (``sampling.tile_batch``, ``auto`` resolved on the network from the free memory) and their
+schedule (``sampling.tile_schedule``); per clip in frame mode, the VAE tile (``decode.tile_size: auto``) with one
+retry with smaller tiles on an out-of-memory error, and the CFW encoder features of every VAE tile kept from the
+encode for the decode.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
-import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import Tensor
 
 from mgld.config import INFERENCE_SECTIONS, Config, load_config
+from mgld.diffusion.batching import tile_batch_for_pass
+from mgld.diffusion.clip_noise import frame_noise_on_device
 from mgld.diffusion.noise import FrameNoise, NoiseSource
 from mgld.diffusion.sampling import Anchor, MotionGuidance, sample
 from mgld.diffusion.schedule import respaced_schedule
-from mgld.diffusion.tiling import TileBox, blend_tiles, feather_weights, pixel_tile_boxes
+from mgld.diffusion.tiling import TileBox
 from mgld.flow import build_flow_estimator, flows_and_masks
 from mgld.models import MGLDDenoiser, TemporalVAE, build_denoiser, build_vae
-from mgld.perf.profiler import StageProfiler, stage
+from mgld.models.efficiency import attention_backend
+from mgld.perf.profiler import StageProfiler, TimedGuidance, stage, timed
 from mgld.pipeline.chunks import plan_chunks
 from mgld.pipeline.colorfix import color_fix
+from mgld.pipeline.inputs import FRAMES_HELP, to_frames_tensor
+from mgld.pipeline.memory import free_bytes, retry_on_oom, smaller_tile
+from mgld.pipeline.runtime import (
+    AUTHORS_VAE_OOM_HINT,
+    SAMPLING_OOM_HINT,
+    Runtime,
+    autocast,
+    autocast_dtype,
+    oom_hint,
+    pipeline_precision,
+)
+from mgld.pipeline.tiles import LATENT_FACTOR, PAD_MULTIPLE, PixelTile, TilePlan, padding, plan_tiles
+from mgld.pipeline.vae_tiles import TileFeatures, choose_tile, decode_tiles, encode_tiles, tile_stride, vae_boxes
 from mgld.weights.hub import default_flow_weights
 
 log = logging.getLogger(__name__)
-PAD_MULTIPLE = 32
-LATENT_FACTOR = 8
 INFERENCE_FILE = "inference.yaml"  # the inference sections next to a saved folder's config.yaml
 # infer keys that describe a machine or a run, not the model: save_pretrained leaves them out
 _UNSAVED_INFER_KEYS = ("weights", "unet", "vae", "random_weights", "device", "devices", "precision", "overwrite")
+NOISE_ON_DEVICE_BYTES = 2**30  # the draws of a clip kept on the GPU: at most this, and a tenth of the free memory
+FEATURES_SHARE = 0.25  # frame mode keeps the CFW features of every VAE tile while they take at most this share
+
+__all__ = ["FRAMES_HELP", "INFERENCE_FILE", "LATENT_FACTOR", "PAD_MULTIPLE", "ClipResult", "MGLDPipeline",
+           "PixelTile", "TileFeatures", "TilePlan", "autocast_dtype", "padding", "pipeline_precision",
+           "resolve_device", "to_frames_tensor", "weights_folder"]
 
 
 @dataclass
@@ -80,162 +107,10 @@ class ClipResult:
     trajectory: dict
 
 
-@dataclass(frozen=True)
-class PixelTile:
-    """One pass of the per-pixel-tile chain.
-
-    ``box``: pixels of the padded upsampled frame; ``latent_box``: ``box`` on the latent grid (starts floored,
-    ``box // 8``), where the tile's noise is cropped from the frame's noise streams and where its latents are
-    placed; ``flow_box``: the latent crop of the whole-frame flows and masks the tile's guidance uses
-    (``sampling.flow_tile_crop=authors``: the authors' own cut with size ``tile_size // 8`` and stride
-    ``tile_stride // 8``, up to ~1.5 latent px off ``box`` from the third tile of a side on; ``fixed``:
-    ``latent_box``).
-    """
-
-    index: int
-    box: TileBox
-    latent_box: TileBox
-    flow_box: TileBox
-
-
-@dataclass(frozen=True)
-class TilePlan:
-    """Geometry of a clip of ``lr_size`` frames: the resize factor, sizes, and the passes (:class:`PixelTile`)."""
-
-    lr_size: tuple[int, int]
-    scale: float
-    upsampled_size: tuple[int, int]
-    padded_size: tuple[int, int]
-    tiles: tuple[PixelTile, ...]
-    tile_size: int
-
-    @property
-    def latent_size(self) -> tuple[int, int]:
-        return self.padded_size[0] // LATENT_FACTOR, self.padded_size[1] // LATENT_FACTOR
-
-    @property
-    def guidance_factor(self) -> float:
-        """Scale of the guidance step in one pass over the whole frame (``sampling.pixel_tiling=frame``).
-
-        The loss is a mean over the latent it is computed on, so its gradient per element is proportional to
-        1 / (latent area). The authors compute it per pixel tile, whose latent is
-        ``min(h, tile_size/8) × min(w, tile_size/8)``; over the whole ``h × w`` frame latent the gradient is
-        smaller by that ratio, so the step is multiplied by
-
-            factor = (h · w) / (min(h, tile_size/8) · min(w, tile_size/8))
-
-        which makes the step per element the authors' (1 exactly for a frame that is one tile; 164/120 at
-        1280×720 output, whose padded latent is 92×164).
-        """
-        h, w = self.latent_size
-        tile = self.tile_size // LATENT_FACTOR
-        return (h * w) / (min(h, tile) * min(w, tile))
-
-
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device`` (None = plain fp32). fp16/bf16 need CUDA."""
-    if precision == "auto":
-        precision = "fp16" if device.type == "cuda" else "fp32"
-    if precision == "fp32":
-        return None
-    if device.type != "cuda":
-        raise ValueError(f"infer.precision={precision} needs a CUDA device; use fp32 on {device.type}")
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-
-
-def padding(height: int, width: int, rule: str = "authors") -> tuple[int, int]:
-    """``(pad_h, pad_w)`` added at the bottom/right of an upsampled ``height × width`` frame.
-
-    ``authors``: when either side is not a multiple of 32, both sides are padded by ``(x // 32 + 1)·32 − x`` (an
-    aligned side gains 32: 720×1280 -> 736×1312); else none. ``fixed``: each side to the next multiple of 32.
-    """
-    if rule == "fixed":
-        return -height % PAD_MULTIPLE, -width % PAD_MULTIPLE
-    if rule != "authors":
-        raise ValueError(f"infer.padding must be 'authors' or 'fixed', got {rule!r}")
-    if height % PAD_MULTIPLE == 0 and width % PAD_MULTIPLE == 0:
-        return 0, 0
-    return (height // PAD_MULTIPLE + 1) * PAD_MULTIPLE - height, (width // PAD_MULTIPLE + 1) * PAD_MULTIPLE - width
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Input frames
-# ---------------------------------------------------------------------------------------------------------
-
-FRAMES_HELP = ("frames: a t 3 h w or t h w 3 tensor/array (uint8, uint16, or float in [0, 1]), or a list of PIL "
-               "images, h w 3 arrays or 3 h w tensors")
-
-
-def to_frames_tensor(frames) -> Tensor:
-    """A ``t 3 h w`` float32 tensor in [0, 1] from the layouts the Python API accepts.
-
-    * a tensor or array ``t 3 h w`` or ``t h w 3`` (what ``torchvision.io.read_video`` and stacked PyAV
-      ``to_ndarray(format="rgb24")`` frames give); a second axis of size 3 is read as channels;
-    * a list of PIL images (any mode; 16-bit grey stays 16-bit), of ``h w 3`` / ``h w 4`` / ``h w`` arrays, or of
-      ``3 h w`` tensors.
-
-    Values: uint8 is divided by 255, uint16 by 65535, floats must already lie in [0, 1]; other integer types,
-    floats outside [0, 1] and NaN are refused with a message. Grey is repeated to RGB, alpha dropped.
-    """
-    if isinstance(frames, np.ndarray | Tensor):
-        return _channels_first(_unit_range(frames, "frames"), "frames")
-    if isinstance(frames, str | bytes | Path) or not isinstance(frames, Sequence) or not len(frames):
-        raise ValueError(f"no frames given ({type(frames).__name__}); expected {FRAMES_HELP}")
-    out = []
-    for i, frame in enumerate(frames):
-        name = f"frames[{i}]"
-        if hasattr(frame, "mode") and hasattr(frame, "convert"):  # PIL image
-            frame = np.asarray(frame if frame.mode in ("RGB", "RGBA", "L", "I;16") else frame.convert("RGB"))
-        if not isinstance(frame, np.ndarray | Tensor) or frame.ndim not in (2, 3):
-            raise ValueError(f"{name}: expected an h w 3 array, a 3 h w tensor or a PIL image; got "
-                             f"{type(frame).__name__} of shape {tuple(getattr(frame, 'shape', ()))}")
-        frame = frame[None, ..., None] if frame.ndim == 2 else frame[None]
-        out.append(_channels_first(_unit_range(frame, name), name)[0])
-    if len({tuple(f.shape) for f in out}) > 1:
-        raise ValueError(f"all frames must have the same size, got {sorted({tuple(f.shape[1:]) for f in out})}")
-    return torch.stack(out)
-
-
-def _unit_range(x: np.ndarray | Tensor, name: str) -> Tensor:
-    """Float32 in [0, 1]: uint8 / 255, uint16 / 65535, floats checked; other dtypes refused."""
-    if isinstance(x, np.ndarray):
-        if x.dtype == np.uint16:
-            return torch.from_numpy(x.astype(np.float32) / 65535.0)
-        if x.dtype.kind not in "uif":
-            raise ValueError(f"{name}: frames of dtype {x.dtype} are not images; expected uint8, uint16 or float")
-        x = torch.from_numpy(np.array(x, dtype=np.int64 if x.dtype.kind in "iu" and x.dtype != np.uint8 else None))
-    if x.dtype == torch.uint8:
-        return x.float() / 255.0
-    if x.dtype == torch.uint16:
-        return x.to(torch.int32).float() / 65535.0
-    if not x.dtype.is_floating_point:
-        raise ValueError(f"{name}: integer frames must be uint8 (0-255) or uint16 (0-65535), got {x.dtype}; "
-                         "convert them (e.g. frames.to(torch.uint8)) or pass floats in [0, 1]")
-    x = x.float()
-    lo, hi = (float(v) for v in torch.aminmax(x))
-    if not (math.isfinite(lo) and math.isfinite(hi)) or lo < 0.0 or hi > 1.0:
-        raise ValueError(f"{name}: float frames must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; divide "
-                         "8-bit values by 255 (or pass uint8), or clamp(0, 1)")
-    return x
-
-
-def _channels_first(x: Tensor, name: str) -> Tensor:
-    """``t 3 h w``, ``t 1 h w`` or ``t h w c`` (c in 1, 3, 4) -> ``t 3 h w`` (grey repeated, alpha dropped)."""
-    if x.ndim != 4:
-        raise ValueError(f"{name}: expected 4 dimensions (t 3 h w or t h w 3), got shape {tuple(x.shape)}")
-    if x.shape[1] != 3 and x.shape[-1] in (1, 3, 4):  # t h w c (a second axis of 3 means t 3 h w)
-        x = x.permute(0, 3, 1, 2)
-    elif x.shape[1] not in (1, 3):
-        raise ValueError(f"{name}: no channel axis of size 3 in shape {tuple(x.shape)}; expected t 3 h w or t h w 3")
-    if x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)
-    return x[:, :3].contiguous()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -247,7 +122,9 @@ class MGLDPipeline:
     """The MGLD-VSR inference pipeline (module docstring); build it with :meth:`from_pretrained` or
     :meth:`from_config`, move it with :meth:`to`, call it on frames. ``denoiser`` and ``vae`` are the networks;
     ``profiler`` (a :class:`~mgld.perf.profiler.StageProfiler`, set by ``mgld benchmark``) times the stages flow,
-    vae_encode, encoder+unet (per network call), guidance (per step) and vae_decode."""
+    vae_encode, encoder+unet (per network call), guidance (per step) and vae_decode. ``runtime``
+    (:class:`~mgld.pipeline.runtime.Runtime`) holds the networks as the stages run them; :attr:`options` says
+    how (precision, autocast, cast weights, ...)."""
 
     def __init__(self, denoiser: MGLDDenoiser, vae: TemporalVAE, config: Config, flow_estimator=None):
         self.denoiser = denoiser.eval().requires_grad_(False)
@@ -256,6 +133,7 @@ class MGLDPipeline:
         self._flow_estimator = flow_estimator
         self.device = torch.device("cpu")
         self.profiler: StageProfiler | None = None
+        self.runtime = Runtime(self.denoiser, self.vae)  # the networks as the stages call them (to())
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -323,6 +201,10 @@ class MGLDPipeline:
         from mgld.io.atomic import atomic_write
         from mgld.weights.checkpoints import save_model_folder
 
+        if self.runtime.cast_dtype is not None:
+            raise ValueError(f"save_pretrained: the weights were cast to {self.runtime.cast_dtype} when the pipeline "
+                             f"was moved (infer.cast_weights with infer.precision={self.config.infer.precision}); "
+                             "save before .to(), or with infer.cast_weights=false, to keep the fp32 weights")
         folder = Path(folder).expanduser()
         save_model_folder(folder, self.config.model, denoiser=self.denoiser, vae=self.vae,
                           provenance={"saved_by": "MGLDPipeline.save_pretrained"})
@@ -333,13 +215,26 @@ class MGLDPipeline:
         atomic_write(folder / INFERENCE_FILE, OmegaConf.to_yaml(sections))
         return folder
 
+    # ------------------------------------------------------------------ device and options
     def to(self, device: str | torch.device) -> MGLDPipeline:
+        """Move the pipeline to ``device`` (``auto``: CUDA when available) and apply the inference options of
+        ``config.infer`` there (:meth:`mgld.pipeline.runtime.Runtime.prepare`: precision, weights cast once,
+        channels_last, compile, offload)."""
         self.device = resolve_device(str(device)) if str(device) == "auto" else torch.device(device)
-        self.denoiser.to(self.device)
-        self.vae.to(self.device)
-        if isinstance(self._flow_estimator, torch.nn.Module):
-            self._flow_estimator.to(self.device)
+        self._prepare()
         return self
+
+    def _prepare(self) -> None:
+        networks = {"denoiser": self.denoiser, "vae": self.vae}
+        if isinstance(self._flow_estimator, torch.nn.Module):
+            networks["flow"] = self._flow_estimator
+        self.runtime.prepare(self.config.infer, self.device, networks)
+
+    @property
+    def options(self) -> dict:
+        """How the networks run (after :meth:`to` or the first call): precision, autocast dtype, the dtype the
+        weights were cast to, channels_last, compile (mode), attention kernel, offload."""
+        return self.runtime.options(self.config.infer)
 
     @property
     def flow_estimator(self):
@@ -352,34 +247,14 @@ class MGLDPipeline:
                 self.device,
                 raft_input_range=flow.raft_input_range, raft_iters=flow.raft_iters,
             )
+            self.runtime.add("flow", self._flow_estimator)
         return self._flow_estimator
 
     # ------------------------------------------------------------------ geometry
     def tile_plan(self, height: int, width: int) -> TilePlan:
-        """Sizes and passes for LR frames of ``height × width`` with this config (module docstring, steps 2, 4)."""
-        infer, dec = self.config.infer, self.config.decode
-        s = max(float(infer.scale), infer.min_short_side / min(height, width))
-        size = (int(height * s), int(width * s))
-        pad_h, pad_w = padding(*size, infer.padding)
-        H, W = size[0] + pad_h, size[1] + pad_w
-        boxes = pixel_tile_boxes(H, W, dec.tile_size, dec.tile_stride)
-        whole = TileBox(0, 0, H, W)
-        if self.config.sampling.pixel_tiling == "frame" or len(boxes) == 1:
-            tiles = [PixelTile(0, whole, whole.downscaled(LATENT_FACTOR), whole.downscaled(LATENT_FACTOR))]
-        else:
-            latent_boxes = [box.downscaled(LATENT_FACTOR) for box in boxes]
-            if self.config.sampling.flow_tile_crop == "authors":  # their separate cut of the latent-size flows
-                flow_boxes = pixel_tile_boxes(H // LATENT_FACTOR, W // LATENT_FACTOR, dec.tile_size // LATENT_FACTOR,
-                                              dec.tile_stride // LATENT_FACTOR)
-                if len(flow_boxes) != len(boxes):
-                    log.warning("at %dx%d the authors' flow tiles (%d) do not pair one to one with the pixel "
-                                "tiles (%d); paired in order as they do. sampling.flow_tile_crop=fixed avoids it",
-                                W, H, len(flow_boxes), len(boxes))
-            else:
-                flow_boxes = latent_boxes
-            tiles = [PixelTile(i, box, lbox, fbox)
-                     for i, (box, lbox, fbox) in enumerate(zip(boxes, latent_boxes, flow_boxes))]
-        return TilePlan((height, width), s, size, (H, W), tuple(tiles), dec.tile_size)
+        """Sizes and passes for LR frames of ``height × width`` with this config (module docstring, steps 2, 4;
+        :func:`mgld.pipeline.tiles.plan_tiles`)."""
+        return plan_tiles(height, width, self.config.infer, self.config.decode, self.config.sampling)
 
     def num_passes(self, height: int, width: int) -> int:
         """Sampling passes per clip for LR frames of ``height × width`` (pixel tiles; 1 in ``frame`` mode):
@@ -456,11 +331,25 @@ class MGLDPipeline:
         ``(sampling.seed, frame_indices)``). It is asked, per pass (pixel tile, in :meth:`tile_plan` order),
         ``draw("posterior", None, box)``, ``draw("x_T", None, box)``, then ``draw("xi", k, box)`` for
         k = N−1 … 1, with ``box`` the tile's latent box (:attr:`PixelTile.latent_box`); a short clip repeated up
-        to ``chunk.frames`` asks for ``chunk.frames`` frames (the repeats numbered after the last index).
+        to ``chunk.frames`` asks for ``chunk.frames`` frames (the repeats numbered after the last index). A
+        :class:`~mgld.diffusion.noise.FrameNoise` is drawn up front and kept on a GPU (the same values).
         ``callback(info)``: after every step, the sampler's dict plus ``tile`` and ``num_tiles``.
         """
+        self._prepare()
+        attention = self.config.infer.attention
+        try:
+            with attention_backend(attention):
+                return self._upscale_clip(lr, frame_indices, sampling or self.config.sampling, anchor, record,
+                                          noise, callback)
+        except RuntimeError as err:
+            if attention != "auto" and any(m in str(err) for m in ("No available kernel", "No viable backend")):
+                raise RuntimeError(f"infer.attention={attention}: PyTorch has no such attention kernel for these "
+                                   f"inputs on {self.device} ({str(err).splitlines()[0]}); use infer.attention=auto"
+                                   ) from err
+            raise
+
+    def _upscale_clip(self, lr, frame_indices, sampling, anchor, record, noise, callback) -> ClipResult:
         cfg = self.config
-        sampling = sampling or cfg.sampling
         t, _, h, w = lr.shape
         indices = list(frame_indices)
         if len(indices) != t:
@@ -475,10 +364,13 @@ class MGLDPipeline:
         if noise is None:
             noise = FrameNoise(sampling.seed, indices, (cfg.model.vae.latent_channels, *plan.latent_size),
                                sampling.steps)
-        amp = autocast_dtype(cfg.infer.precision, self.device)
+        if self.device.type == "cuda":  # every draw of the clip in one transfer: no host copy in the step loop
+            budget = min(NOISE_ON_DEVICE_BYTES, free_bytes(self.device) // 10)
+            noise = frame_noise_on_device(noise, self.device, budget)
         guidance = None
         if sampling.guidance_scale != 0 and len(indices) > 1:
-            with _autocast(self.device, amp if cfg.flow.precision == "autocast" else None), \
+            _ = self.flow_estimator  # built (and placed for infer.offload) before its stage
+            with self.runtime.use("flow"), autocast(self.device, self.runtime.flow_amp(cfg.flow.precision)), \
                     stage(self.profiler, "flow"):
                 flows, masks = self.flows(up)
             guidance = MotionGuidance(flows, masks, sampling.guidance_scale, sampling.guidance_variant)
@@ -518,9 +410,11 @@ class MGLDPipeline:
         """Encode -> sample -> decode -> colour fix of one pass: ``up`` ``t 3 H W`` (a pixel tile or the frame)
         -> (decoded ``t 3 H W`` fp32, final latents ``t 4 H/8 W/8``, trajectory ``{k: record 4 h w}``)."""
         cfg = self.config
-        amp = autocast_dtype(cfg.infer.precision, self.device)
-        with _autocast(self.device, amp), stage(self.profiler, "vae_encode"):
-            z_lr, feats = self.encode(up, noise.draw("posterior", None, tile.latent_box))
+        run = self.runtime
+        amp = run.amp
+        with run.use("vae"), autocast(self.device, amp), stage(self.profiler, "vae_encode"):
+            eps = noise.draw("posterior", None, tile.latent_box)
+            z_lr, feats, vae_tile = self._encode_pass(up, eps)
         trajectory: dict[int, Tensor] = {}
 
         def step_done(info):
@@ -530,15 +424,18 @@ class MGLDPipeline:
                 callback({**info, "tile": tile.index, "num_tiles": num_tiles})
 
         if guidance is not None and self.profiler is not None:
-            guidance = _TimedGuidance(guidance, self.profiler)
-        with _autocast(self.device, amp):
-            z0 = sample(_timed(self.denoiser, self.profiler, "encoder+unet"), respaced_schedule(sampling.steps),
+            guidance = TimedGuidance(guidance, self.profiler)
+        with run.use("denoiser"), autocast(self.device, amp), oom_hint("sampling", self.device, SAMPLING_OOM_HINT):
+            tile_batch = tile_batch_for_pass(
+                sampling.tile_batch, run.denoiser, z_lr, tile_size=sampling.latent_tile_size,
+                tile_overlap=sampling.latent_tile_overlap, tile_schedule=sampling.tile_schedule, steps=sampling.steps)
+            z0 = sample(timed(run.denoiser, self.profiler, "encoder+unet"), respaced_schedule(sampling.steps),
                         z_lr, noise, box=tile.latent_box, guidance=guidance, anchor=anchor,
                         tile_size=sampling.latent_tile_size, tile_overlap=sampling.latent_tile_overlap,
-                        tile_batch=sampling.tile_batch, callback=step_done)
-        with stage(self.profiler, "vae_decode"):
-            with _autocast(self.device, amp):
-                decoded = self.decode(z0, up, feats)
+                        tile_batch=tile_batch, tile_schedule=sampling.tile_schedule, callback=step_done)
+        with run.use("vae"), stage(self.profiler, "vae_decode"):
+            with autocast(self.device, amp):
+                decoded = self._decode_pass(z0, up, feats, vae_tile)
             decoded = color_fix(decoded.float(), up, cfg.decode.color_fix)
         return decoded, z0, trajectory
 
@@ -573,78 +470,70 @@ class MGLDPipeline:
             flow.occlusion_alpha, flow.occlusion_beta)
         return (flow_f.float(), flow_b.float()), (fwd_occ.float(), bwd_occ.float())
 
-    def _vae_boxes(self, up: Tensor) -> list[TileBox]:
-        """Pixel tiles of the VAE over ``up`` in one whole-frame pass: the authors' boxes with their starts
-        floored to a multiple of 8, so every tile's latent lies on the frame's latent grid (one box when the
-        frame fits; always one for an authors-mode pixel tile)."""
-        dec = self.config.decode
-        return [TileBox(b.top // 8 * 8, b.left // 8 * 8, b.height, b.width)
-                for b in pixel_tile_boxes(up.shape[-2], up.shape[-1], dec.tile_size, dec.tile_stride)]
+    # ------------------------------------------------------------------ VAE tiles (frame mode)
+    def _vae_tile(self, up: Tensor) -> tuple[int, int]:
+        """``(size, stride)`` of the VAE tiles for ``up`` (:func:`mgld.pipeline.vae_tiles.choose_tile`)."""
+        return choose_tile(self.config.decode, up, self.runtime.precision or "fp32", self.runtime.amp is not None)
 
-    def encode(self, up: Tensor, noise: Tensor) -> tuple[Tensor, list[Tensor] | None]:
+    def _encode_pass(self, up: Tensor, eps: Tensor):
+        """The encode of a pass: ``(z_lr, features, vae tile)``. In frame mode the VAE tile is chosen here
+        (:meth:`_vae_tile`) and an out-of-memory error is retried once with smaller tiles (the log names
+        ``decode.tile_size``); in the authors' mode the VAE tile is the pass itself."""
+        vae_tile = self._vae_tile(up)
+        if self.config.sampling.pixel_tiling != "frame":
+            with oom_hint("VAE encode of a pixel tile", self.device, AUTHORS_VAE_OOM_HINT):
+                return (*self.encode(up, eps, vae_tile=vae_tile), vae_tile)
+
+        def encode(size: int):
+            tile = vae_tile if size == vae_tile[0] else (size, tile_stride(self.config.decode, size))
+            return (*self.encode(up, eps, vae_tile=tile), tile)
+
+        return retry_on_oom(encode, vae_tile[0], knob="decode.tile_size", smaller=smaller_tile)
+
+    def _decode_pass(self, z0: Tensor, up: Tensor, feats, vae_tile: tuple[int, int]) -> Tensor:
+        """The decode of a pass with the encode's VAE tile and features (:meth:`_encode_pass`; the same retry)."""
+        if self.config.sampling.pixel_tiling != "frame":
+            with oom_hint("VAE decode of a pixel tile", self.device, AUTHORS_VAE_OOM_HINT):
+                return self.decode(z0, up, feats, vae_tile=vae_tile)
+
+        def decode(size: int):
+            tile = vae_tile if size == vae_tile[0] else (size, tile_stride(self.config.decode, size))
+            return self.decode(z0, up, feats, vae_tile=tile)
+
+        return retry_on_oom(decode, vae_tile[0], knob="decode.tile_size", smaller=smaller_tile)
+
+    def _vae_boxes(self, up: Tensor, vae_tile: tuple[int, int] | None = None) -> list[TileBox]:
+        """Pixel tiles of the VAE over ``up`` in one whole-frame pass (:func:`mgld.pipeline.vae_tiles.vae_boxes`
+        of ``vae_tile``, default :meth:`_vae_tile`): one box when the frame fits; always one for an authors-mode
+        pixel tile."""
+        return vae_boxes(*up.shape[-2:], *(vae_tile or self._vae_tile(up)))
+
+    def encode(self, up: Tensor, noise: Tensor, *, vae_tile: tuple[int, int] | None = None
+               ) -> tuple[Tensor, list[Tensor] | TileFeatures | None]:
         """``z_lr = sf·(mean + std·noise)`` ``t 4 H/8 W/8``; posterior moments blended over feathered pixel
-        tiles when ``up`` is larger than one tile. Returns the CFW features too when ``up`` is a single tile
-        (reused by :meth:`decode`)."""
-        sf = self.vae.scaling_factor
-        boxes = self._vae_boxes(up)
-        if len(boxes) == 1:
-            posterior, feats = self.vae.encode(up)
-            return sf * (posterior.mean + posterior.std * noise.to(posterior.mean.device, posterior.mean.dtype)), \
-                feats
-        overlap = (self.config.decode.tile_size - self.config.decode.tile_stride) // 8
-        size = _latent_size(up)
-        moments = blend_tiles(
-            ((box.downscaled(8), torch.cat([p.mean, p.std], 1)) for box, p in
-             ((b, self.vae.encode(b.crop(up))[0]) for b in boxes)),
-            size, weights=lambda box: feather_weights(box, *size, overlap),
-        )
-        mean, std = moments.chunk(2, dim=1)
-        return sf * (mean + std * noise.to(mean.device, mean.dtype)), None
+        tiles (``vae_tile``, default :meth:`_vae_tile`) when ``up`` is larger than one tile. Also returns the
+        CFW features for :meth:`decode`: a list for a single tile; for several, the features of every tile
+        (:class:`~mgld.pipeline.vae_tiles.TileFeatures`, kept on the device — on the host with ``infer.offload``
+        — while they take at most :data:`FEATURES_SHARE` of its free memory), else None."""
+        vae = self.runtime.vae
+        vae_tile = vae_tile or self._vae_tile(up)
+        if len(self._vae_boxes(up, vae_tile)) == 1:
+            posterior, feats = vae.encode(up)
+            mean = posterior.mean
+            return vae.scaling_factor * (mean + posterior.std * noise.to(mean.device, mean.dtype)), feats
+        store = torch.device("cpu") if self.runtime.offloader is not None else self.device
+        return encode_tiles(vae, up, noise, vae_tile, store, int(FEATURES_SHARE * free_bytes(store)))
 
-    def decode(self, z0: Tensor, up: Tensor, feats: list[Tensor] | None) -> Tensor:
+    def decode(self, z0: Tensor, up: Tensor, feats, *, vae_tile: tuple[int, int] | None = None) -> Tensor:
         """Latents ``t 4 h w`` -> ``t 3 8h 8w`` in about [-1, 1]: temporal VAE with CFW features of the
-        upsampled LR frames, decoded in feathered pixel tiles when ``up`` is larger than one tile (all frames of
-        the clip together)."""
-        vae, dec = self.vae, self.config.decode
-        t = z0.shape[0]
-        z = z0 / vae.scaling_factor
-        boxes = self._vae_boxes(up)
-        if len(boxes) == 1:
-            feats = feats if feats is not None else vae.encode(up)[1]
-            return vae.decode(z, feats, t, dec.cfw_weight)
-
-        def tiles():
-            for box in boxes:
-                tile_feats = vae.encode(box.crop(up))[1]
-                yield box, vae.decode(box.downscaled(8).crop(z), tile_feats, t, dec.cfw_weight).float()
-
-        size = tuple(up.shape[-2:])
-        overlap = dec.tile_size - dec.tile_stride
-        return blend_tiles(tiles(), size, weights=lambda box: feather_weights(box, *size, overlap))
-
-
-class _TimedGuidance:
-    """A guidance whose every update is timed as the profiler's ``guidance`` stage."""
-
-    def __init__(self, guidance: MotionGuidance, profiler: StageProfiler):
-        self.guidance, self.profiler = guidance, profiler
-
-    def apply(self, *args, **kwargs):
-        with self.profiler.stage("guidance"):
-            return self.guidance.apply(*args, **kwargs)
-
-
-def _timed(fn: Callable, profiler: StageProfiler | None, name: str) -> Callable:
-    """``fn`` with every call timed as the stage ``name`` (``fn`` itself without a profiler)."""
-    if profiler is None:
-        return fn
-
-    @functools.wraps(fn)
-    def timed(*args, **kwargs):
-        with profiler.stage(name):
-            return fn(*args, **kwargs)
-
-    return timed
+        upsampled LR frames (``feats`` from :meth:`encode` for the same ``vae_tile``, else encoded here), decoded
+        in feathered pixel tiles when ``up`` is larger than one tile (all frames of the clip together)."""
+        vae, dec = self.runtime.vae, self.config.decode
+        vae_tile = vae_tile or self._vae_tile(up)
+        if len(self._vae_boxes(up, vae_tile)) > 1:
+            return decode_tiles(vae, z0, up, feats, vae_tile, dec.cfw_weight)
+        feats = feats if isinstance(feats, (list, tuple)) else vae.encode(up)[1]
+        return vae.decode(z0 / vae.scaling_factor, feats, z0.shape[0], dec.cfw_weight)
 
 
 def weights_folder(name: str | Path, revision: str | None = None) -> Path:
@@ -674,14 +563,3 @@ def _with_overrides(config: Config | str | Path, overrides: Sequence[str]) -> Co
         return config
     merged = OmegaConf.merge(OmegaConf.structured(config), OmegaConf.from_dotlist(list(overrides)))
     return OmegaConf.to_object(merged)
-
-
-def _latent_size(up: Tensor) -> tuple[int, int]:
-    return up.shape[-2] // LATENT_FACTOR, up.shape[-1] // LATENT_FACTOR
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-

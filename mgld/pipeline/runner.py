@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 # config keys that do not change the output's pixels (left out of the run records)
 _NOT_PIXELS = ("infer.device", "infer.devices", "infer.num_nodes", "infer.overwrite", "sampling.tile_batch",
-               "output.format")
+               "output.format", "infer.offload")
 _VIDEO_ONLY = ("output.codec", "output.crf", "output.reproducible", "output.fps")
 
 
@@ -274,6 +274,8 @@ def run(
             log.info("device %s, precision %s, %d sampling steps, guidance scale %g (%s), flow %s",
                      device, cfg.infer.precision, cfg.sampling.steps, cfg.sampling.guidance_scale,
                      cfg.sampling.guidance_variant, cfg.flow.method if cfg.sampling.guidance_scale else "off")
+            log.info("networks: %s; sampling.tile_batch %s, tile_schedule %s", pipe.options,
+                     cfg.sampling.tile_batch, cfg.sampling.tile_schedule)
     shard_index, shards = shard
     index, count = shard_index * world + rank, shards * world
     summary, error = RunSummary(failed=list(failed) if index == 0 else []), None
