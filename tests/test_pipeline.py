@@ -466,6 +466,22 @@ def test_readme_snippet_on_a_saved_folder(tmp_path, pipe):
     assert torch.equal(frames, pipe(lr_uint8.float() / 255, num_inference_steps=2, seed=0, progress_bar=False))
 
 
+def test_save_pretrained_keeps_the_raft_it_runs_with(tmp_path, pipe):
+    from torchvision.models.optical_flow import raft_large
+
+    from mgld.flow import RaftEstimator
+
+    torch.manual_seed(0)
+    raft = RaftEstimator(raft_large(weights=None, progress=False))
+    p = MGLDPipeline(pipe.denoiser, pipe.vae, _with(pipe.config, ["flow.method=raft"]), flow_estimator=raft)
+    folder = p.save_pretrained(tmp_path / "with-raft")
+    assert (folder / "flow.safetensors").is_file()
+    loaded = MGLDPipeline.from_pretrained(folder).flow_estimator.model.state_dict()  # read from flow.safetensors
+    assert loaded.keys() == raft.model.state_dict().keys()
+    assert all(torch.equal(v, raft.model.state_dict()[k]) for k, v in loaded.items())
+    assert not (pipe.save_pretrained(tmp_path / "dis") / "flow.safetensors").exists()  # DIS: no weights
+
+
 def test_from_pretrained_expands_home_and_fetches_hub_repo_ids(tmp_path, pipe, monkeypatch):
     import huggingface_hub
 

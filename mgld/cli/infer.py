@@ -99,7 +99,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--guidance-variant", choices=["authors", "fixed"],
                    help="authors: the released warping loss (default); fixed: the intended one")
     p.add_argument("--flow", choices=["raft", "spynet", "dis"], help="optical flow for guidance (default raft)")
-    p.add_argument("--flow-weights", help="weights of the flow network (RAFT: torchvision or raft-things.pth)")
+    p.add_argument("--flow-weights",
+                   help="RAFT weights: torchvision raft_large, raft-things.pth, an official stage-1 .ckpt or a "
+                        "converted folder (default: the weights folder's flow.safetensors, the stage-1 checkpoint's "
+                        "RAFT, as the authors; then raft-things.pth, then torch hub's cache)")
     p.add_argument("--color-fix", choices=["adain", "wavelet", "none"], help="colour correction (default adain)")
     p.add_argument("--cfw-weight", "--dec-w", dest="cfw_weight", type=float,
                    help="CFW fusion weight w of the decoder (the authors' --dec_w; default 1.0)")
@@ -108,9 +111,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--latent-tile-overlap", "--tile-overlap", dest="latent_tile_overlap", type=int,
                    help="latent tile overlap (default 32)")
     p.add_argument("--decode-tile-size", dest="decode_tile_size", type=_int_or_auto, metavar="{N,auto}",
-                   help="pixel tile (multiple of 8): the authors' per-tile chain, and the VAE tiles of "
-                        "sampling.pixel_tiling=frame, the memory driver (default 960); auto (frame mode only): the "
-                        "largest up to 960 that fits the free memory")
+                   help="pixel tile (multiple of 8, default 960): in the default sampling.pixel_tiling=authors the "
+                        "tile of the whole per-tile chain (changes the result, not only memory); in frame mode the "
+                        "VAE tiles, the memory driver; auto (frame mode only): the largest up to 960 that fits")
     p.add_argument("--tile-batch", dest="tile_batch", type=_int_or_auto, metavar="{N,auto}",
                    help="latent tiles per UNet call; auto: as many as the free memory allows (default 1, as the "
                         "authors; more changes the output by float rounding only)")

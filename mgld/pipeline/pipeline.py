@@ -206,7 +206,7 @@ class MGLDPipeline:
                              f"was moved (infer.cast_weights with infer.precision={self.config.infer.precision}); "
                              "save before .to(), or with infer.cast_weights=false, to keep the fp32 weights")
         folder = Path(folder).expanduser()
-        save_model_folder(folder, self.config.model, denoiser=self.denoiser, vae=self.vae,
+        save_model_folder(folder, self.config.model, denoiser=self.denoiser, vae=self.vae, flow=self._raft_weights(),
                           provenance={"saved_by": "MGLDPipeline.save_pretrained"})
         sections = {name: OmegaConf.to_container(OmegaConf.structured(getattr(self.config, name)))
                     for name in INFERENCE_SECTIONS}
@@ -214,6 +214,19 @@ class MGLDPipeline:
             sections["infer"].pop(key)
         atomic_write(folder / INFERENCE_FILE, OmegaConf.to_yaml(sections))
         return folder
+
+    def _raft_weights(self) -> dict[str, Tensor] | None:
+        """The RAFT state dict this pipeline runs with (``flow.method=raft``), for ``flow.safetensors``; None for
+        other flow methods, or when no RAFT weights can be found (the saved folder then falls back like any other)."""
+        if self.config.flow.method != "raft":
+            return None
+        try:
+            estimator = self.flow_estimator
+        except FileNotFoundError as err:
+            log.warning("save_pretrained: no RAFT weights to save (%s); the folder gets no flow.safetensors", err)
+            return None
+        model = getattr(estimator, "model", None)
+        return model.state_dict() if isinstance(model, torch.nn.Module) else None
 
     # ------------------------------------------------------------------ device and options
     def to(self, device: str | torch.device) -> MGLDPipeline:
@@ -519,8 +532,9 @@ class MGLDPipeline:
         vae_tile = vae_tile or self._vae_tile(up)
         if len(self._vae_boxes(up, vae_tile)) == 1:
             posterior, feats = vae.encode(up)
-            mean = posterior.mean
-            return vae.scaling_factor * (mean + posterior.std * noise.to(mean.device, mean.dtype)), feats
+            # as the authors' sample(): mean (fp16 under autocast) + std (fp32: exp autocasts up) * fp32 noise,
+            # so z_lr and the sampling latents are fp32; the noise is not rounded to the mean's dtype first
+            return vae.scaling_factor * (posterior.mean + posterior.std * noise.to(posterior.mean.device)), feats
         store = torch.device("cpu") if self.runtime.offloader is not None else self.device
         return encode_tiles(vae, up, noise, vae_tile, store, int(FEATURES_SHARE * free_bytes(store)))
 

@@ -85,7 +85,7 @@ def encode_tiles(vae, up: Tensor, noise: Tensor, vae_tile: tuple[int, int], stor
     overlap = (vae_tile[0] - vae_tile[1]) // 8
     size = (up.shape[-2] // 8, up.shape[-1] // 8)
     mean, std = blend_tiles(moments(), size, weights=lambda box: feather_weights(box, *size, overlap)).chunk(2, dim=1)
-    z_lr = vae.scaling_factor * (mean + std * noise.to(mean.device, mean.dtype))
+    z_lr = vae.scaling_factor * (mean + std * noise.to(mean.device))  # fp32 noise, as in MGLDPipeline.encode
     return z_lr, TileFeatures(tuple(vae_tile), kept) if kept is not None else None
 
 
