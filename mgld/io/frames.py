@@ -35,6 +35,7 @@ import torch
 from PIL import Image
 
 from mgld.io.atomic import TEMP_SUFFIX, atomic_write, remove_temporaries
+from mgld.io.errors import InputError, OutputError  # noqa: F401  (re-exported)
 from mgld.io.manifest import RECORD_DIR, FrameRecords, RunRecord
 
 logger = logging.getLogger(__name__)
@@ -45,15 +46,6 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, np.dtype(np.float32): 1.0}
 _DIGITS = re.compile(r"(\d+)")
 _JPEG_END = b"\xff\xd9"
-
-
-class InputError(ValueError):
-    """Bad input or output location; the message names the file or folder and the problem."""
-
-
-class OutputError(InputError):
-    """An output cannot be written (disk full, permissions); the message names the file. Not skipped by
-    ``--keep-going``: the next sequence would fail the same way."""
 
 
 def natural_key(name: str) -> tuple:

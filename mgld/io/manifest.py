@@ -123,7 +123,7 @@ def check_existing(where: Path, record: RunRecord, old: RunRecord | None, presen
     Raises :class:`~mgld.io.frames.InputError` where the outputs belong to another input or to nobody known;
     returns a note for the log where earlier outputs will be redone (other settings, changed input), else None.
     """
-    from mgld.io.frames import InputError
+    from mgld.io.errors import InputError
 
     if overwrite or not present:
         return None

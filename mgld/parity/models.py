@@ -14,7 +14,7 @@ import torch
 
 from mgld.config import CondEncoderConfig, ModelConfig, UNetConfig, VAEConfig
 from mgld.models import build_denoiser, build_vae
-from mgld.parity import ParityRow, compare, load_fixture, register
+from mgld.parity.registry import ParityRow, compare, load_fixture, register
 from mgld.weights.checkpoints import load_into
 from mgld.weights.convert import official_denoiser_state_dict, official_vae_state_dict
 

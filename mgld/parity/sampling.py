@@ -15,7 +15,7 @@ from einops import rearrange
 from mgld.diffusion.guidance import guidance_step, warping_loss
 from mgld.diffusion.schedule import NUM_TRAIN_TIMESTEPS, RespacedSchedule, make_scheduler
 from mgld.flow import flow_warp, latent_flows_and_masks, occlusion_mask, resize_flow
-from mgld.parity import ParityRow, compare, load_fixture, register
+from mgld.parity.registry import ParityRow, compare, load_fixture, register
 from mgld.pipeline.colorfix import adain_color_fix, wavelet_color_fix
 
 _SCHEDULE_CONSTANTS = {"linear_start": 0.00085, "linear_end": 0.012, "num_train_timesteps": NUM_TRAIN_TIMESTEPS}

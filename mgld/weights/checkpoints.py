@@ -32,11 +32,8 @@ from torch import nn
 
 from mgld.config import ModelConfig, model_config_from_dict
 from mgld.io.atomic import atomic_write
-from mgld.weights.hub import FLOW_FILE
+from mgld.weights.files import CONFIG_FILE, DENOISER_FILE, FLOW_FILE, VAE_FILE
 
-DENOISER_FILE = "denoiser.safetensors"
-VAE_FILE = "vae.safetensors"
-CONFIG_FILE = "config.yaml"
 __all__ = ["CONFIG_FILE", "DENOISER_FILE", "FLOW_FILE", "VAE_FILE", "CheckpointError", "check_state_dict",
            "load_into", "load_state_dict_file", "load_torch_file", "read_model_config", "save_model_folder"]
 # Modules whose globals may appear in a Lightning checkpoint; each is replaced by an inert stub.

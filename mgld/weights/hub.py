@@ -9,13 +9,13 @@ import logging
 import os
 from pathlib import Path
 
+from mgld.weights.files import FLOW_FILE  # noqa: F401  (re-exported: the folder's RAFT file)
+
 log = logging.getLogger(__name__)
 
 # A public mirror of the authors' released files (not an official upload by the authors).
 DEFAULT_REPO_ID = "Iceclear/MGLD-VSR"
 OFFICIAL_FILES = {"stage1": "mgldvsr_unet.ckpt", "vae": "video_vae_cfw.ckpt", "raft": "raft-things.pth"}
-# The stage-1 checkpoint's RAFT (``flownet_model.*``) in a converted folder, torchvision ``raft_large`` names.
-FLOW_FILE = "flow.safetensors"
 STAGE1_RAFT_PREFIX = "flownet_model."
 
 
