@@ -9,7 +9,7 @@ import pytest
 
 from conftest import ROOT
 from mgld.cli.train import main
-from mgld.config import load_config
+from mgld.config import CONFIG_SOURCE, load_config
 from mgld.io.frames import InputError
 from mgld.models import build_vae
 from mgld.training.checkpointing import AtomicCheckpointIO
@@ -67,8 +67,9 @@ def test_bad_config_and_overrides_are_named(clips, tmp_path, no_model_building):
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("stage: 1\ndata: [unclosed\n")
     fails(["--config", str(bad_yaml), *out], ConfigError, "bad.yaml", "invalid YAML")
-    with pytest.raises(SystemExit):  # argparse: "overrides must be key=value" on one line with the usage
-        main(["--config", TINY1, "not-an-override"])
+    with pytest.raises(ValueError, match="not key=value") as caught:  # the loader's check, as for mgld infer
+        main(["--config", TINY1, "not-an-override", *out])
+    assert getattr(caught.value, CONFIG_SOURCE) == "override 'not-an-override'"  # printed as one line, exit 2
     assert not (tmp_path / "run").exists()
 
 

@@ -22,6 +22,7 @@ from mgld.config import (
     InferConfig,
     ModelConfig,
     SamplingConfig,
+    check_overrides,
     load_config,
     read_yaml,
     resolve_config,
@@ -223,10 +224,7 @@ def load_train_config(path: str | Path, overrides: list[str] | None = None) -> T
     from yaml import YAMLError
 
     path = resolve_config(path)
-    overrides = list(overrides or [])
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise _tagged(ConfigError(f"overrides must be key=value, got {bad}"), path)
+    overrides = check_overrides(overrides)
     try:
         stage = read_yaml(path).get("stage")
         if stage not in SCHEMAS:
