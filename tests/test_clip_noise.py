@@ -1,5 +1,8 @@
 """All the noise of a clip drawn up front (mgld.diffusion.clip_noise): the values of the step-by-step draws."""
 
+import gc
+import weakref
+
 import pytest
 import torch
 
@@ -80,3 +83,18 @@ def test_frame_noise_on_device_answers_every_draw_of_the_streams_when_it_fits():
     assert frame_noise_on_device(source, "cpu", size - 1) is source  # does not fit: drawn step by step
     authors = AuthorsNoise(0, 3)
     assert frame_noise_on_device(authors, "cpu", 2**40) is authors  # only the per-frame streams are kept
+
+
+def test_frame_noise_on_device_keeps_no_host_cache_and_does_not_keep_its_source_alive():
+    shape, steps = (4, 6, 8), 3
+    source = FrameNoise(3, [0, 1], shape, steps)
+    noise = frame_noise_on_device(source, "cpu", 2**30)
+    assert isinstance(noise, DeviceFrameNoise) and source._cache == {}  # drawn without filling the host cache
+    alive = weakref.ref(source)
+    del source
+    gc.collect()
+    assert alive() is None  # the device copy holds no reference to the FrameNoise
+    reference = FrameNoise(3, [0, 1], shape, steps)
+    box = TileBox(0, 0, 6, 8)
+    for kind, step in (("posterior", None), ("x_T", None), ("xi", 2), ("xi", 1)):
+        assert torch.equal(noise.draw(kind, step, box), reference.draw(kind, step, box))

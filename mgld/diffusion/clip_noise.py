@@ -88,7 +88,8 @@ def frame_noise_on_device(source, device: torch.device | str, max_bytes: int):
     """``source`` as a :class:`DeviceFrameNoise` on ``device`` when it is a
     :class:`~mgld.diffusion.noise.FrameNoise` whose draws for one clip (``num_steps + 1`` whole-frame draws of
     ``t c H W`` float32) fit in ``max_bytes``; else ``source`` itself (drawn step by step, the same values).
-    What :meth:`mgld.pipeline.pipeline.MGLDPipeline.upscale_clip` does with its noise on a GPU."""
+    What :meth:`mgld.pipeline.pipeline.MGLDPipeline.upscale_clip` does with its noise on a GPU. The draws are made
+    without filling ``source``'s host cache, and the device copy keeps no reference to ``source``."""
     from mgld.diffusion.noise import FrameNoise, draw_index
 
     if not isinstance(source, FrameNoise):
@@ -97,8 +98,9 @@ def frame_noise_on_device(source, device: torch.device | str, max_bytes: int):
     size = count * len(source.frame_indices) * math.prod(source.shape) * 4
     if size > max_bytes:
         return source
-    return DeviceFrameNoise(source.frame_draw, count, lambda kind, step: draw_index(kind, step, source.num_steps),
-                            device)
+    num_steps = source.num_steps  # bound here: the index must not keep ``source`` (and its cache) alive
+    return DeviceFrameNoise(lambda j: source.frame_draw(j, keep=False), count,
+                            lambda kind, step: draw_index(kind, step, num_steps), device)
 
 
 __all__ = ["ClipNoise", "DeviceFrameNoise", "draw_clip_noise", "frame_noise_on_device"]

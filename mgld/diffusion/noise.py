@@ -75,8 +75,9 @@ class FrameNoise:
         self._states = [[g.get_state()] for g in self._generators]  # _states[f][j]: state before draw j
         self._cache: dict[int, Tensor] = {}
 
-    def frame_draw(self, index: int) -> Tensor:
-        """Draw number ``index`` of every frame's stream: ``t *shape`` float32 on the CPU."""
+    def frame_draw(self, index: int, keep: bool = True) -> Tensor:
+        """Draw number ``index`` of every frame's stream: ``t *shape`` float32 on the CPU (``keep``: into the cache,
+        within ``cache_bytes``; the values are the same either way)."""
         if index in self._cache:
             return self._cache[index]
         frames = []
@@ -90,7 +91,7 @@ class FrameNoise:
             if len(states) == index + 1:
                 states.append(g.get_state())
         out = torch.stack(frames)
-        if (len(self._cache) + 1) * out.numel() * out.element_size() <= self.cache_bytes:
+        if keep and (len(self._cache) + 1) * out.numel() * out.element_size() <= self.cache_bytes:
             self._cache[index] = out
         return out
 

@@ -378,6 +378,7 @@ class MGLDPipeline:
             noise = FrameNoise(sampling.seed, indices, (cfg.model.vae.latent_channels, *plan.latent_size),
                                sampling.steps)
         if self.device.type == "cuda":  # every draw of the clip in one transfer: no host copy in the step loop
+            # (drawn without a host cache; the FrameNoise made above is dropped once its draws are on the device)
             budget = min(NOISE_ON_DEVICE_BYTES, free_bytes(self.device) // 10)
             noise = frame_noise_on_device(noise, self.device, budget)
         guidance = None
