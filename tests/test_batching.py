@@ -8,7 +8,7 @@ import torch
 from conftest import ROOT
 from mgld.config import load_config
 from mgld.diffusion import batching, sampling
-from mgld.diffusion.batching import call_cost, plan_batches, predict_noise, resolve_tile_batch
+from mgld.diffusion.batching import call_cost, plan_batches, predict_noise, resolve_tile_batch, tile_batch_for_pass
 from mgld.models import build_denoiser
 
 
@@ -70,7 +70,8 @@ def test_batched_tiles_equal_one_tile_per_call_within_fp32_rounding(denoiser):
         ref = predict_noise(denoiser, x, 500, z, 5, 16, 8, 1)
         for batch in (4, 6, "auto"):
             counting.shapes.clear()
-            out = predict_noise(counting, x, 500, z, 5, 16, 8, batch)
+            tiles = tile_batch_for_pass(batch, counting, x, tile_size=16, tile_overlap=8)  # auto: once per pass
+            out = predict_noise(counting, x, 500, z, 5, 16, 8, tiles)
             # not bit-identical: oneDNN convolutions pick their algorithm by batch size (module docstring)
             assert (out - ref).abs().max() < 1e-5, batch
             if batch == 4:  # 6 tiles in calls of at most 4, as equal as possible: 3 + 3
@@ -85,7 +86,9 @@ def test_tiling_does_not_change_a_per_pixel_network():
     for schedule in ("overlap", "shifted"):
         for batch in (1, 3, "auto"):
             counting = Counting(per_pixel)
-            out = predict_noise(counting, x, 500, z, 5, 16, 8, batch, tile_schedule=schedule, step=7)
+            tiles = tile_batch_for_pass(batch, counting, x, tile_size=16, tile_overlap=8, tile_schedule=schedule,
+                                        steps=8)  # auto: resolved once per pass, over steps 0..7
+            out = predict_noise(counting, x, 500, z, 5, 16, 8, tiles, tile_schedule=schedule, step=7)
             if schedule == "shifted":
                 assert torch.equal(out, expected), batch  # each pixel copied from the one tile that owns it
                 shapes = {s[-2:] for s in counting.shapes}
@@ -96,12 +99,13 @@ def test_tiling_does_not_change_a_per_pixel_network():
                 torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="tile_schedule"):
         predict_noise(per_pixel, x, 500, z, 5, 16, 8, 1, tile_schedule="random")
+    with pytest.raises(TypeError, match="tile_batch_for_pass"):  # auto is resolved once per pass, not per step
+        predict_noise(per_pixel, x, 500, z, 5, 16, 8, "auto")
 
 
 def test_plan_batches_groups_by_shape_in_balanced_calls():
     shapes = [(16, 16)] * 5 + [(8, 16)] * 2
     assert plan_batches(shapes, 3) == [[0, 1, 2], [3, 4], [5, 6]]
-    assert plan_batches(shapes, 3, uniform=True) == [[0, 1, 2], [3, 4, 4], [5, 6]]
     assert plan_batches(shapes, 1) == [[i] for i in range(7)]
     assert plan_batches([(8, 8), (4, 8), (8, 8)], 8) == [[0, 2], [1]]
     with pytest.raises(ValueError):

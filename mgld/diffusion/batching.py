@@ -7,7 +7,8 @@ denoiser calls as the memory allows (``sampling.tile_batch``: an integer, or ``a
   schedule — are batched with their equals instead of running one at a time; in the overlapping schedule every
   tile has the same shape (the last tile of an axis is snapped to the end, docs/algorithm.md §5);
 * ``auto`` takes the largest batch whose activations fit in the free memory, from the call's peak tensor memory
-  counted on the meta device (:mod:`mgld.perf.simulate`) for 1 and 2 tiles (it grows linearly);
+  counted on the meta device (:mod:`mgld.perf.simulate`) for 1 and 2 tiles (it grows linearly), resolved once
+  per sampling pass (:func:`tile_batch_for_pass`; :func:`predict_noise` takes the integer);
 * the Gaussian window and its normalisation are built once per geometry and device (no host→device copy and no
   host synchronisation per step); the timestep tensor is made on the device;
 * overlapping tiles are accumulated in fp32 in tile order (the same sums as one tile per call);
@@ -31,18 +32,14 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from mgld.diffusion.tiling import ShiftedTile, TileBox, gaussian_weights, shifted_tiles, tile_boxes
+from mgld.diffusion.tiling import TileBox, gaussian_weights, shifted_tiles, tile_boxes
 
 TILE_SCHEDULES = ("overlap", "shifted")
 
 
-def plan_batches(shapes: Sequence[tuple[int, int]], batch: int, uniform: bool = False) -> list[list[int]]:
+def plan_batches(shapes: Sequence[tuple[int, int]], batch: int) -> list[list[int]]:
     """Indices of tiles per denoiser call: tiles grouped by shape (first-seen order, tile order inside a group),
-    each group cut into calls of at most ``batch`` tiles, of sizes as equal as possible.
-
-    ``uniform``: every call of a group gets the same number of slots (the last call repeats its last tile; the
-    repeated outputs are dropped), so a compiled network sees one batch size per tile shape.
-    """
+    each group cut into calls of at most ``batch`` tiles, of sizes as equal as possible."""
     if batch < 1:
         raise ValueError(f"tile batch must be >= 1, got {batch}")
     groups: dict[tuple[int, int], list[int]] = {}
@@ -53,10 +50,7 @@ def plan_batches(shapes: Sequence[tuple[int, int]], batch: int, uniform: bool = 
         count = math.ceil(len(members) / batch)
         size = math.ceil(len(members) / count)
         for start in range(0, len(members), size):
-            call = members[start:start + size]
-            if uniform and len(call) < size:
-                call = call + [call[-1]] * (size - len(call))
-            calls.append(call)
+            calls.append(members[start:start + size])
     return calls
 
 
@@ -80,11 +74,6 @@ def _to_device(t: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
     if torch.device(device).type == "cuda":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
-
-
-def _check_cover(tiles: Sequence[ShiftedTile], height: int, width: int) -> None:
-    if sum(t.own.height * t.own.width for t in tiles) != height * width:
-        raise ValueError(f"the shifted tiles do not partition the {height}x{width} grid")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -177,22 +166,23 @@ def predict_noise(
     num_frames: int,
     tile_size: int = 64,
     tile_overlap: int = 32,
-    tile_batch: int | str = 1,
+    tile_batch: int = 1,
     *,
     tile_schedule: str = "overlap",
     step: int | None = None,
-    min_tile: int | None = None,
-    uniform_batches: bool = False,
 ) -> Tensor:
     """ε̂ over the whole latent from tiles batched into denoiser calls (module docstring).
 
     x, z_lr: ``t 4 h w`` (one clip of ``num_frames`` frames) -> ``t 4 h w`` (fp32 when tiled).
     ``tile_schedule``: ``overlap`` (tiles of ``tile_size`` overlapping by ``tile_overlap``, Gaussian-blended;
-    the authors' scheme) or ``shifted`` (non-overlapping tiles on a grid shifted at each step; ``step`` (default:
-    ``timestep``) picks the offsets, ``min_tile`` the smallest evaluated side, default ``tile_size // 4``).
-    ``tile_batch``: tiles per call, or ``auto`` (:func:`resolve_tile_batch`, from the free memory at this call:
-    resolve it once per clip instead, so that every step batches alike).
+    the authors' scheme) or ``shifted`` (non-overlapping tiles on a grid shifted at each step, every latent pixel
+    owned by one tile; ``step`` (default: ``timestep``) picks the offsets, :func:`mgld.diffusion.tiling.shifted_tiles`).
+    ``tile_batch``: tiles per call, an integer (``sampling.tile_batch: auto`` is resolved once per pass by
+    :func:`tile_batch_for_pass`, so that every step batches alike).
     """
+    if isinstance(tile_batch, bool) or not isinstance(tile_batch, int):
+        raise TypeError(f"predict_noise takes tile_batch as an integer, got {tile_batch!r} "
+                        "(resolve 'auto' once per pass with tile_batch_for_pass)")
     if tile_schedule not in TILE_SCHEDULES:
         raise ValueError(f"sampling.tile_schedule must be one of {TILE_SCHEDULES}, got {tile_schedule!r}")
     height, width = x.shape[-2:]
@@ -201,33 +191,20 @@ def predict_noise(
         boxes = tile_boxes(height, width, tile_size, tile_overlap)
         shifted = None
     else:
-        shifted = shifted_tiles(height, width, tile_size, timestep if step is None else step, min_tile)
-        _check_cover(shifted, height, width)
+        shifted = shifted_tiles(height, width, tile_size, timestep if step is None else step)
         boxes = [s.box for s in shifted]
     if len(boxes) == 1:
         return denoiser(x, t, z_lr, num_frames)
-    if tile_batch == "auto":  # sized for the largest tile (every call holds at most that many of them)
-        if not isinstance(denoiser, torch.nn.Module):
-            raise TypeError("tile_batch='auto' needs the denoiser network (an nn.Module) to count its memory; "
-                            "resolve it with resolve_tile_batch(...) on the network and pass the integer")
-        largest = max(boxes, key=lambda b: b.height * b.width)
-        tile_batch = resolve_tile_batch("auto", denoiser, len(boxes), (largest.height, largest.width), num_frames,
-                                        x.device, x.dtype)
-    batch = tile_batch
     out_dtype = torch.promote_types(x.dtype, torch.float32)
     out = torch.zeros(x.shape, device=x.device, dtype=out_dtype)
     if shifted is None:
         windows, norm = _gaussian_blend(height, width, tuple(boxes), x.device, out_dtype)
     frames = x.shape[0]
-    for call in plan_batches([(b.height, b.width) for b in boxes], batch, uniform_batches):
+    for call in plan_batches([(b.height, b.width) for b in boxes], tile_batch):
         xs = torch.cat([boxes[i].crop(x) for i in call]) if len(call) > 1 else boxes[call[0]].crop(x)
         zs = torch.cat([boxes[i].crop(z_lr) for i in call]) if len(call) > 1 else boxes[call[0]].crop(z_lr)
         eps = denoiser(xs, t, zs, num_frames)
-        seen = set()
         for i, e in zip(call, eps.split(frames)):
-            if i in seen:  # a repeated slot of a uniform batch
-                continue
-            seen.add(i)
             if shifted is None:
                 box = boxes[i]
                 box.crop(out).add_(e.to(out_dtype) * windows[(box.height, box.width)])

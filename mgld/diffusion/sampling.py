@@ -117,7 +117,7 @@ def sampling_step(
     ``guidance`` is anything with ``apply(latents, log_variance, num_frames) -> (latents, loss)``
     (:class:`MotionGuidance`). The noise is predicted by :func:`mgld.diffusion.batching.predict_noise`:
     ``tile_batch`` latent tiles per network call (an integer; resolve ``auto`` once per pass with
-    :func:`mgld.diffusion.batching.resolve_tile_batch` on the network), ``tile_schedule`` ``overlap`` (the
+    :func:`mgld.diffusion.batching.tile_batch_for_pass` on the network), ``tile_schedule`` ``overlap`` (the
     authors' Gaussian-blended tiles) or ``shifted`` (non-overlapping tiles whose grid offset is a function of
     ``k``)."""
     eps = predict_noise(denoiser, x, schedule.timestep(k), z_lr, num_frames, tile_size, tile_overlap, tile_batch,
