@@ -6,13 +6,13 @@ import weakref
 import pytest
 import torch
 
-from mgld.diffusion.clip_noise import ClipNoise, DeviceFrameNoise, draw_clip_noise, frame_noise_on_device
-from mgld.diffusion.noise import AuthorsNoise, FrameNoise
+from mgld.diffusion.clip_noise import DeviceFrameNoise, draw_clip_noise, frame_noise_on_device
+from mgld.diffusion.noise import AuthorsNoise, FrameNoise, draw_index
 from mgld.diffusion.tiling import TileBox
 
 
 def _in_order(noise: FrameNoise):
-    """``noise``'s whole-frame draws 0, 1, 2, ... one per call (what ClipNoise expects)."""
+    """``noise``'s whole-frame draws 0, 1, 2, ... one per call (what draw_clip_noise expects)."""
     index = iter(range(10**6))
     return lambda: noise.frame_draw(next(index))
 
@@ -22,12 +22,16 @@ def test_clip_noise_equals_the_per_step_draws(shape):
     steps = 6
     sequential = FrameNoise(42, [3, 4, 5, 6, 7], shape, steps)
     expected = [sequential.frame_draw(j) for j in range(steps + 1)]  # posterior, x_T, steps k = N-1 .. 1
-    noise = ClipNoise(_in_order(FrameNoise(42, [3, 4, 5, 6, 7], shape, steps)), steps + 1, "cpu")
-    assert len(noise) == steps + 1 and noise.draws.shape == (steps + 1, 5, *shape)
-    for want in expected:
-        assert torch.equal(noise.draw(), want)
+    noise = frame_noise_on_device(FrameNoise(42, [3, 4, 5, 6, 7], shape, steps), "cpu", 2**30)
+    assert isinstance(noise, DeviceFrameNoise) and noise.draws.shape == (steps + 1, 5, *shape)
+    whole = TileBox(0, 0, *shape[-2:])
+    requests = [("posterior", None), ("x_T", None)] + [("xi", k) for k in range(steps - 1, 0, -1)]
+    for (kind, step), want in zip(requests, expected, strict=True):
+        assert torch.equal(noise.draw(kind, step, whole), want), (kind, step)
+    past = DeviceFrameNoise(FrameNoise(42, [3], shape, steps).frame_draw, steps,
+                            lambda kind, step: draw_index(kind, step, steps), "cpu")  # one draw short
     with pytest.raises(IndexError):
-        noise.draw()
+        past.draw("xi", 1, whole)
 
 
 def test_draw_clip_noise_converts_dtype_and_checks_its_input():

@@ -3,8 +3,9 @@
 The per-frame streams (:class:`mgld.diffusion.noise.FrameNoise`) are CPU generators, so that the noise of a frame
 is the same on every device; drawing them step by step costs a CPU draw and a blocking host→device copy inside
 the step loop. :func:`draw_clip_noise` makes the same draws up front, in the same order, into one (pinned) host
-buffer and copies it once, asynchronously; :class:`ClipNoise` hands the draws out in order. The values are those
-of the step-by-step draws, bit for bit.
+buffer and copies it once, asynchronously; :class:`DeviceFrameNoise` answers the sampler's requests from them
+(:func:`frame_noise_on_device`, what the pipeline uses on a GPU). The values are those of the step-by-step draws,
+bit for bit.
 """
 
 from __future__ import annotations
@@ -32,33 +33,6 @@ def draw_clip_noise(draw: Callable[[], Tensor], count: int, device: torch.device
     for i in range(1, count):
         buffer[i] = draw()
     return buffer.to(device=device, dtype=dtype, non_blocking=pinned)
-
-
-class ClipNoise:
-    """The draws of a clip, made up front by :func:`draw_clip_noise`; :meth:`draw` returns them in order.
-
-    A drop-in for ``FrameNoise.draw`` in a loop that knows how many draws it will make (one for the VAE
-    posterior, one for ``x_T``, one per step with ``k > 0``: ``steps + 1``)::
-
-        noise = ClipNoise(frame_noise.draw, steps + 1, device)
-        z_lr = encode(up, noise.draw())
-    """
-
-    def __init__(self, draw: Callable[[], Tensor], count: int, device: torch.device | str | None = None,
-                 dtype: torch.dtype = torch.float32):
-        self.draws = draw_clip_noise(draw, count, device, dtype)
-        self._next = 0
-
-    def __len__(self) -> int:
-        return self.draws.shape[0]
-
-    def draw(self, device=None, dtype=None) -> Tensor:
-        """The next draw, ``t *shape`` (a view of the device buffer; ``device``/``dtype`` convert if given)."""
-        if self._next >= len(self):
-            raise IndexError(f"ClipNoise: all {len(self)} draws were used")
-        out = self.draws[self._next]
-        self._next += 1
-        return out if device is None and dtype is None else out.to(device=device, dtype=dtype)
 
 
 class DeviceFrameNoise:
@@ -103,4 +77,4 @@ def frame_noise_on_device(source, device: torch.device | str, max_bytes: int):
                             lambda kind, step: draw_index(kind, step, num_steps), device)
 
 
-__all__ = ["ClipNoise", "DeviceFrameNoise", "draw_clip_noise", "frame_noise_on_device"]
+__all__ = ["DeviceFrameNoise", "draw_clip_noise", "frame_noise_on_device"]
