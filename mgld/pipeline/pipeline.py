@@ -75,7 +75,6 @@ from mgld.pipeline.runtime import (
     SAMPLING_OOM_HINT,
     Runtime,
     autocast,
-    autocast_dtype,
     oom_hint,
     pipeline_precision,
 )
@@ -91,7 +90,7 @@ NOISE_ON_DEVICE_BYTES = 2**30  # the draws of a clip kept on the GPU: at most th
 FEATURES_SHARE = 0.25  # frame mode keeps the CFW features of every VAE tile while they take at most this share
 
 __all__ = ["FRAMES_HELP", "INFERENCE_FILE", "LATENT_FACTOR", "PAD_MULTIPLE", "ClipResult", "MGLDPipeline",
-           "PixelTile", "TileFeatures", "TilePlan", "autocast_dtype", "padding", "pipeline_precision",
+           "PixelTile", "TileFeatures", "TilePlan", "padding", "pipeline_precision",
            "resolve_device", "to_frames_tensor", "weights_folder"]
 
 
@@ -144,7 +143,7 @@ class MGLDPipeline:
         ``config``: a :class:`Config`, a file or a packaged config name; ``overrides`` (``key=value``) apply on
         top. The precision is checked against the device before any network is built."""
         config = _with_overrides(config, overrides)
-        autocast_dtype(config.infer.precision, resolve_device(config.infer.device))  # fail before building
+        pipeline_precision(config.infer.precision, resolve_device(config.infer.device), cpu_bf16=False)  # fail early
         infer = config.infer
         if infer.random_weights and not (infer.weights or infer.unet or infer.vae):
             log.warning("RANDOM WEIGHTS: the networks are randomly initialised (infer.random_weights=true); "
@@ -233,7 +232,7 @@ class MGLDPipeline:
         """Move the pipeline to ``device`` (``auto``: CUDA when available) and apply the inference options of
         ``config.infer`` there (:meth:`mgld.pipeline.runtime.Runtime.prepare`: precision, weights cast once,
         channels_last, compile, offload)."""
-        self.device = resolve_device(str(device)) if str(device) == "auto" else torch.device(device)
+        self.device = resolve_device(str(device))
         self._prepare()
         return self
 

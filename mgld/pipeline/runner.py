@@ -295,19 +295,15 @@ def _check_options(cfg: Config, shard: tuple[int, int]) -> str:
     """Check the values a run needs before anything is read or built; return the device type."""
     import torch
 
-    from mgld.pipeline.pipeline import autocast_dtype, resolve_device
+    from mgld.pipeline.pipeline import pipeline_precision, resolve_device
 
     infer = cfg.infer
     i, n = shard
     if not (n >= 1 and 0 <= i < n):
         raise ValueError(f"shard {i}/{n}: need 0 <= i < n (0-based index i of n shards)")
-    if infer.devices < 1 or infer.num_nodes < 1:
-        raise ValueError(f"infer.devices ({infer.devices}) and infer.num_nodes ({infer.num_nodes}) must be >= 1")
-    if infer.scale < 1:
-        raise ValueError(f"infer.scale must be >= 1, got {infer.scale}")
-    device = resolve_device(infer.device) if infer.device != "auto" else torch.device(
-        "cuda" if torch.cuda.is_available() else "cpu")
-    autocast_dtype(infer.precision, device)  # fp16/bf16 need CUDA: refused here, not after the models are built
+    # infer.devices, num_nodes and scale are checked by InferConfig itself
+    device = resolve_device(infer.device)
+    pipeline_precision(infer.precision, device, cpu_bf16=False)  # fp16/bf16 need CUDA: refused before the models
     if infer.devices * infer.num_nodes > 1 and device.type == "cuda":
         if not torch.cuda.is_available() or torch.cuda.device_count() < infer.devices:
             raise ValueError(f"infer.devices={infer.devices} needs {infer.devices} CUDA devices per node; "

@@ -39,26 +39,14 @@ AUTHORS_VAE_OOM_HINT = ("in sampling.pixel_tiling=authors the VAE tile is the ch
                         "with decode.tile_size=auto (VAE tiles chosen from the free memory)")
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of a configured ``precision`` on ``device`` (None = plain fp32): ``auto`` is fp16 on
-    CUDA (the authors' autocast), fp32 elsewhere. fp16/bf16 need CUDA: the check that a run's settings make
-    before any network is built (the schema, :meth:`MGLDPipeline.from_config`, the runner)."""
-    if precision == "auto":
-        precision = "fp16" if device.type == "cuda" else "fp32"
-    if precision == "fp32":
-        return None
-    if device.type != "cuda":
-        raise ValueError(f"infer.precision={precision} needs a CUDA device; use fp32 on {device.type}")
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-
-
-def pipeline_precision(precision: str, device: torch.device) -> str:
+def pipeline_precision(precision: str, device: torch.device, *, cpu_bf16: bool = True) -> str:
     """The precision a pipeline on ``device`` runs: ``auto`` -> fp16 on CUDA, fp32 elsewhere
     (:func:`mgld.models.efficiency.resolve_precision`). fp16 needs CUDA; bf16 also runs on the CPU (PyTorch's
-    CPU bf16 kernels) for a pipeline moved there directly — what the tests and the GPU check's CPU smoke use;
-    a config asking for it with ``infer.device: cpu`` is refused at load."""
+    CPU bf16 kernels) for a pipeline moved there directly — what the tests and the GPU check's CPU smoke use.
+    ``cpu_bf16=False``: bf16 needs CUDA too — the check a run's settings make before any network is built
+    (:meth:`MGLDPipeline.from_config`, the runner; the schema refuses fp16/bf16 with ``infer.device: cpu``)."""
     resolved = resolve_precision(precision, device)
-    if resolved != "fp32" and device.type != "cuda" and not (resolved == "bf16" and device.type == "cpu"):
+    if resolved != "fp32" and device.type != "cuda" and not (cpu_bf16 and resolved == "bf16" and device.type == "cpu"):
         raise ValueError(f"infer.precision={precision} needs a CUDA device; use fp32 on {device.type}")
     return resolved
 
@@ -153,5 +141,4 @@ class Runtime:
                 "attention": infer.attention, "offload": infer.offload}
 
 
-__all__ = ["AUTHORS_VAE_OOM_HINT", "SAMPLING_OOM_HINT", "Runtime", "autocast", "autocast_dtype", "oom_hint",
-           "pipeline_precision"]
+__all__ = ["AUTHORS_VAE_OOM_HINT", "SAMPLING_OOM_HINT", "Runtime", "autocast", "oom_hint", "pipeline_precision"]
