@@ -145,3 +145,5 @@ def test_sequential_offload_moves_each_layer_for_its_own_call():
     assert layer.weight.is_meta  # close puts everything on the device
     with pytest.raises(ValueError):
         Offloader(_nets(), "cpu", "disk")
+    with pytest.raises(ValueError, match="model"):  # infer.offload=none builds no Offloader (Runtime.prepare)
+        Offloader(_nets(), "cpu", "none")

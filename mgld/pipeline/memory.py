@@ -6,9 +6,10 @@
   frame count and the compute dtype, using :data:`VAE_BYTES_PER_PIXEL` (the peak tensor bytes per pixel of one
   frame of the SD 2.1 temporal VAE, counted on the meta device by :mod:`mgld.perf.simulate`, checked against the
   peak RSS of CPU runs in docs/notes/perf.md) or a per-pixel cost given by the caller.
-* :class:`Offloader` — ``infer.offload``: ``none`` (every network stays on the device), ``model`` (a network is on
-  the device only during the stages that use it), ``sequential`` (each layer's weights are copied to the device
-  for its own call only: the least memory, the slowest).
+* :class:`Offloader` — ``infer.offload``: ``model`` (a network is on the device only during the stages that use
+  it), ``sequential`` (each layer's weights are copied to the device for its own call only: the least memory, the
+  slowest); with ``none`` there is no Offloader (:meth:`mgld.pipeline.runtime.Runtime.prepare` moves every
+  network to the device).
 * :func:`retry_on_oom` — on an out-of-memory error, one retry with a smaller value of a knob (the decode tile
   size), with a message naming the knob.
 """
@@ -169,7 +170,7 @@ def retry_on_oom(run: Callable[[T], R], value: T, *, knob: str, smaller: Callabl
 # Offloading
 # --------------------------------------------------------------------------------------------------
 
-OFFLOAD_MODES = ("none", "model", "sequential")
+OFFLOAD_MODES = ("model", "sequential")  # infer.offload=none needs no Offloader
 
 
 class Offloader:
@@ -180,7 +181,7 @@ class Offloader:
     copy in (pinned) host memory, so moving a network off the device frees it without a copy back.
     """
 
-    def __init__(self, models: dict[str, nn.Module], device: torch.device | str, mode: str = "none",
+    def __init__(self, models: dict[str, nn.Module], device: torch.device | str, mode: str = "model",
                  storage: torch.device | str = "cpu"):
         if mode not in OFFLOAD_MODES:
             raise ValueError(f"infer.offload must be one of {OFFLOAD_MODES}, got {mode!r}")
@@ -193,13 +194,8 @@ class Offloader:
         self.start()
 
     def start(self) -> None:
-        """Place the networks for the mode (done at construction; again after :meth:`close`): all on the device
-        (``none``), or all in host memory (``model``; ``sequential`` also installs the per-layer hooks)."""
-        if self.mode == "none":
-            for module in self.models.values():
-                module.to(self.device)
-            self.resident = set(self.models)
-            return
+        """Place the networks for the mode (done at construction; again after :meth:`close`): all in host memory
+        (``sequential`` also installs the per-layer hooks)."""
         for name in list(self.models):
             self._start(name)
 
@@ -213,11 +209,7 @@ class Offloader:
     def add(self, name: str, module: nn.Module) -> None:
         """Place one more network (e.g. the flow estimator, built on first use) as the mode says."""
         self.models[name] = module
-        if self.mode == "none":
-            module.to(self.device)
-            self.resident.add(name)
-        else:
-            self._start(name)
+        self._start(name)
 
     # host copies -------------------------------------------------------------------------------
     def _slots(self, module: nn.Module, recurse: bool = True) -> Iterator[tuple[tuple, dict, str, torch.Tensor]]:
