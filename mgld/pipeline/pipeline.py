@@ -427,7 +427,9 @@ class MGLDPipeline:
         amp = run.amp
         with run.use("vae"), autocast(self.device, amp), stage(self.profiler, "vae_encode"):
             eps = noise.draw("posterior", None, tile.latent_box)
-            z_lr, feats, vae_tile = self._encode_pass(up, eps)
+            # the VAE tile is chosen here (:meth:`_vae_tile`); the decode uses the encode's tile and features
+            z_lr, feats, vae_tile = self._vae_pass(
+                "encode", self._vae_tile(up), lambda tile: (*self.encode(up, eps, vae_tile=tile), tile))
         trajectory: dict[int, Tensor] = {}
 
         def step_done(info):
@@ -448,7 +450,8 @@ class MGLDPipeline:
                         tile_batch=tile_batch, tile_schedule=sampling.tile_schedule, callback=step_done)
         with run.use("vae"), stage(self.profiler, "vae_decode"):
             with autocast(self.device, amp):
-                decoded = self._decode_pass(z0, up, feats, vae_tile)
+                decoded = self._vae_pass("decode", vae_tile,
+                                         lambda tile: self.decode(z0, up, feats, vae_tile=tile))
             decoded = color_fix(decoded.float(), up, cfg.decode.color_fix)
         return decoded, z0, trajectory
 
@@ -488,32 +491,19 @@ class MGLDPipeline:
         """``(size, stride)`` of the VAE tiles for ``up`` (:func:`mgld.pipeline.vae_tiles.choose_tile`)."""
         return choose_tile(self.config.decode, up, self.runtime.precision or "fp32", self.runtime.amp is not None)
 
-    def _encode_pass(self, up: Tensor, eps: Tensor):
-        """The encode of a pass: ``(z_lr, features, vae tile)``. In frame mode the VAE tile is chosen here
-        (:meth:`_vae_tile`) and an out-of-memory error is retried once with smaller tiles (the log names
-        ``decode.tile_size``); in the authors' mode the VAE tile is the pass itself."""
-        vae_tile = self._vae_tile(up)
+    def _vae_pass(self, what: str, vae_tile: tuple[int, int], fn):
+        """``fn(tile)`` for a VAE stage of a pass (``what``: ``encode``/``decode``) with the pass's VAE tile
+        ``(size, stride)``. In frame mode an out-of-memory error is retried once with smaller tiles (the log
+        names ``decode.tile_size``); in the authors' mode the VAE tile is the pass itself (the error names the
+        knobs that help)."""
         if self.config.sampling.pixel_tiling != "frame":
-            with oom_hint("VAE encode of a pixel tile", self.device, AUTHORS_VAE_OOM_HINT):
-                return (*self.encode(up, eps, vae_tile=vae_tile), vae_tile)
+            with oom_hint(f"VAE {what} of a pixel tile", self.device, AUTHORS_VAE_OOM_HINT):
+                return fn(vae_tile)
 
-        def encode(size: int):
-            tile = vae_tile if size == vae_tile[0] else (size, tile_stride(self.config.decode, size))
-            return (*self.encode(up, eps, vae_tile=tile), tile)
+        def attempt(size: int):
+            return fn(vae_tile if size == vae_tile[0] else (size, tile_stride(self.config.decode, size)))
 
-        return retry_on_oom(encode, vae_tile[0], knob="decode.tile_size", smaller=smaller_tile)
-
-    def _decode_pass(self, z0: Tensor, up: Tensor, feats, vae_tile: tuple[int, int]) -> Tensor:
-        """The decode of a pass with the encode's VAE tile and features (:meth:`_encode_pass`; the same retry)."""
-        if self.config.sampling.pixel_tiling != "frame":
-            with oom_hint("VAE decode of a pixel tile", self.device, AUTHORS_VAE_OOM_HINT):
-                return self.decode(z0, up, feats, vae_tile=vae_tile)
-
-        def decode(size: int):
-            tile = vae_tile if size == vae_tile[0] else (size, tile_stride(self.config.decode, size))
-            return self.decode(z0, up, feats, vae_tile=tile)
-
-        return retry_on_oom(decode, vae_tile[0], knob="decode.tile_size", smaller=smaller_tile)
+        return retry_on_oom(attempt, vae_tile[0], knob="decode.tile_size", smaller=smaller_tile)
 
     def _vae_boxes(self, up: Tensor, vae_tile: tuple[int, int] | None = None) -> list[TileBox]:
         """Pixel tiles of the VAE over ``up`` in one whole-frame pass (:func:`mgld.pipeline.vae_tiles.vae_boxes`
