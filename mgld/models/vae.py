@@ -26,6 +26,15 @@ from mgld.models.cfw import CFWFusion
 from mgld.models.temporal import TemporalConv
 
 
+def sample_posterior(mean: torch.Tensor, std: torch.Tensor, noise: torch.Tensor, scaling_factor: float) -> torch.Tensor:
+    """The inference's posterior sample ``scaling_factor · (mean + std · noise)`` of the VAE's moments, as the
+    authors' ``sample()``: the mean (fp16 under autocast) plus the std (fp32: ``exp`` autocasts up) times the fp32
+    ``noise`` (moved to the mean's device, not rounded to its dtype first), so the latents are fp32. Used by
+    :meth:`mgld.pipeline.pipeline.MGLDPipeline.encode` and :func:`mgld.pipeline.vae_tiles.encode_tiles`
+    (stage-1 training casts the noise to the mean's dtype, :mod:`mgld.training.stage1`)."""
+    return scaling_factor * (mean + std * noise.to(mean.device))
+
+
 class DecoderTemporal(nn.Module):
     """Temporal convolutions of the decoder: ``mid`` and ``up[k][j]`` (diffusers up-block order)."""
 

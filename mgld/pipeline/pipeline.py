@@ -65,6 +65,7 @@ from mgld.diffusion.tiling import TileBox
 from mgld.flow import build_flow_estimator, flows_and_masks
 from mgld.models import MGLDDenoiser, TemporalVAE, build_denoiser, build_vae
 from mgld.models.efficiency import attention_backend
+from mgld.models.vae import sample_posterior
 from mgld.perf.profiler import StageProfiler, TimedGuidance, stage, timed
 from mgld.pipeline.chunks import plan_chunks
 from mgld.pipeline.colorfix import color_fix
@@ -521,10 +522,8 @@ class MGLDPipeline:
         vae = self.runtime.vae
         vae_tile = vae_tile or self._vae_tile(up)
         if len(self._vae_boxes(up, vae_tile)) == 1:
-            posterior, feats = vae.encode(up)
-            # as the authors' sample(): mean (fp16 under autocast) + std (fp32: exp autocasts up) * fp32 noise,
-            # so z_lr and the sampling latents are fp32; the noise is not rounded to the mean's dtype first
-            return vae.scaling_factor * (posterior.mean + posterior.std * noise.to(posterior.mean.device)), feats
+            posterior, feats = vae.encode(up)  # z_lr and the sampling latents fp32 (sample_posterior)
+            return sample_posterior(posterior.mean, posterior.std, noise, vae.scaling_factor), feats
         store = torch.device("cpu") if self.runtime.offloader is not None else self.device
         return encode_tiles(vae, up, noise, vae_tile, store, int(FEATURES_SHARE * free_bytes(store)))
 

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from mgld.diffusion.tiling import TileBox, blend_tiles, feather_weights, pixel_tile_boxes
 from mgld.models.efficiency import DTYPES
+from mgld.models.vae import sample_posterior
 from mgld.pipeline import memory
 from mgld.pipeline.memory import AUTHORS_TILE, auto_decode_tile, tile_stride_for
 
@@ -85,7 +86,7 @@ def encode_tiles(vae, up: Tensor, noise: Tensor, vae_tile: tuple[int, int], stor
     overlap = (vae_tile[0] - vae_tile[1]) // 8
     size = (up.shape[-2] // 8, up.shape[-1] // 8)
     mean, std = blend_tiles(moments(), size, weights=lambda box: feather_weights(box, *size, overlap)).chunk(2, dim=1)
-    z_lr = vae.scaling_factor * (mean + std * noise.to(mean.device))  # fp32 noise, as in MGLDPipeline.encode
+    z_lr = sample_posterior(mean, std, noise, vae.scaling_factor)  # fp32 noise, as in MGLDPipeline.encode
     return z_lr, TileFeatures(tuple(vae_tile), kept) if kept is not None else None
 
 
