@@ -373,7 +373,7 @@ class MGLDPipeline:
             lr = torch.cat([lr, lr[-1:].expand(extra, -1, -1, -1)])
             indices += list(range(indices[-1] + 1, indices[-1] + 1 + extra))
         plan = self.tile_plan(h, w)
-        up, _ = self.preprocess(lr)
+        up, _ = self.preprocess(lr, plan)
         if noise is None:
             noise = FrameNoise(sampling.seed, indices, (cfg.model.vae.latent_channels, *plan.latent_size),
                                sampling.steps)
@@ -457,9 +457,10 @@ class MGLDPipeline:
         return decoded, z0, trajectory
 
     # ------------------------------------------------------------------ stages
-    def preprocess(self, lr: Tensor) -> tuple[Tensor, float]:
-        """``t 3 h w`` [0, 1] -> upsampled, padded ``t 3 H W`` in [-1, 1] (:meth:`tile_plan` sizes) and ``s``."""
-        plan = self.tile_plan(*lr.shape[-2:])
+    def preprocess(self, lr: Tensor, plan: TilePlan | None = None) -> tuple[Tensor, float]:
+        """``t 3 h w`` [0, 1] -> upsampled, padded ``t 3 H W`` in [-1, 1] (:meth:`tile_plan` sizes; ``plan``: that
+        of ``h × w``, if the caller has it) and ``s``."""
+        plan = plan if plan is not None else self.tile_plan(*lr.shape[-2:])
         x = lr * 2 - 1
         if self.config.infer.upsample_mode == "bilinear":  # torchvision's Resize on tensors (the latent script)
             up = F.interpolate(x, size=plan.upsampled_size, mode="bilinear", align_corners=False, antialias=True)

@@ -386,8 +386,9 @@ def _forget_outputs(job: Job) -> None:
 
 
 def _warn_upsampling(cfg: Config, seq) -> None:
-    short = min(seq.height, seq.width)
-    s = max(float(cfg.infer.scale), cfg.infer.min_short_side / short)
+    from mgld.pipeline.tiles import resize_factor
+
+    s = resize_factor(seq.height, seq.width, cfg.infer)  # the factor plan_tiles resizes by
     if s > 2 * cfg.infer.scale:
         log.warning("%s: %dx%d frames are upsampled x%.1f (to a %d-px short side, infer.min_short_side) before "
                     "encoding: about %dx%d pixels per frame", seq.source, seq.width, seq.height, s,

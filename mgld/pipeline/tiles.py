@@ -87,10 +87,16 @@ def padding(height: int, width: int, rule: str = "authors") -> tuple[int, int]:
     return (height // PAD_MULTIPLE + 1) * PAD_MULTIPLE - height, (width // PAD_MULTIPLE + 1) * PAD_MULTIPLE - width
 
 
+def resize_factor(height: int, width: int, infer) -> float:
+    """The factor ``s = max(scale, min_short_side / min(h, w))`` LR frames of ``height × width`` are resized by
+    (``infer``: :class:`mgld.config.InferConfig`), to ``(int(h·s), int(w·s))`` (:func:`plan_tiles`)."""
+    return max(float(infer.scale), infer.min_short_side / min(height, width))
+
+
 def plan_tiles(height: int, width: int, infer, decode, sampling) -> TilePlan:
     """Sizes and passes for LR frames of ``height × width`` under the config sections ``infer``, ``decode`` and
     ``sampling`` (:mod:`mgld.config`; module docstring)."""
-    s = max(float(infer.scale), infer.min_short_side / min(height, width))
+    s = resize_factor(height, width, infer)
     size = (int(height * s), int(width * s))
     pad_h, pad_w = padding(*size, infer.padding)
     H, W = size[0] + pad_h, size[1] + pad_w
@@ -120,4 +126,4 @@ def plan_tiles(height: int, width: int, infer, decode, sampling) -> TilePlan:
     return TilePlan((height, width), s, size, (H, W), tuple(tiles), decode.tile_size)
 
 
-__all__ = ["LATENT_FACTOR", "PAD_MULTIPLE", "PixelTile", "TilePlan", "padding", "plan_tiles"]
+__all__ = ["LATENT_FACTOR", "PAD_MULTIPLE", "PixelTile", "TilePlan", "padding", "plan_tiles", "resize_factor"]
