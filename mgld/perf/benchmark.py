@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from mgld.config import Config, load_config
+from mgld.io.frames import write_png
 from mgld.perf.profiler import StageProfiler, _RssSampler
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ REFERENCE_STEPS = 50  # the authors' step count: s/frame is also extrapolated to
 
 
 def write_panned_clip(folder: Path, frames: int, height: int, width: int, seed: int = 0) -> Path:
-    """A smooth random texture panned 1 px right per frame, as PNGs ``00000000.png``…"""
+    """A smooth random texture panned 1 px right per frame, as PNGs ``00000000.png``… (8-bit, rounded)."""
     rng = np.random.default_rng(seed)
     coarse = rng.random((height // 4 + 2, (width + frames) // 4 + 2, 3)).astype(np.float32)
     texture = torch.nn.functional.interpolate(torch.from_numpy(coarse).permute(2, 0, 1)[None], scale_factor=4,
@@ -52,7 +52,7 @@ def write_panned_clip(folder: Path, frames: int, height: int, width: int, seed: 
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(frames):
         crop = texture[:, :height, frames - i: frames - i + width]
-        Image.fromarray((crop.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(folder / f"{i:08d}.png")
+        write_png(folder / f"{i:08d}.png", crop, quantize="round")
     return folder
 
 
@@ -277,8 +277,7 @@ def run_variant(variant: Variant, clip: Path, out: Path, *, peak_tflops: float |
     passes = max(1, stats["vae_decode"].calls // max(1, clips))  # sampling passes per clip (pixel tiles)
     steps_run = s.steps * clips * passes
     # work: latent pixels the UNet evaluated (per frame) over the output latent pixels x steps of every clip
-    padding = getattr(cfg.infer, "padding", "fixed")
-    lat = latent_size(lr_hw, cfg.infer.scale, cfg.infer.min_short_side, padding=padding)
+    lat = latent_size(lr_hw, cfg.infer.scale, cfg.infer.min_short_side, padding=cfg.infer.padding)
     evaluated = sum(n * (shape[0] // t) * shape[2] * shape[3] for (shape, t), n in recorder.calls.items())
     work_measured = evaluated / (s.steps * clips * lat[0] * lat[1]) if clips else None
     tiling = {"tile": s.latent_tile_size, "overlap": s.latent_tile_overlap}
@@ -395,7 +394,10 @@ def memory_scaling(cfg: Config, height: int, width: int, counts: tuple[int, int]
 
 
 def _frames_of(folder: Path) -> list[np.ndarray]:
-    return [np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.rglob("*.png"))]
+    """The ``h w 3`` uint8 frames of every sequence under ``folder``, as ``mgld evaluate`` lists and reads them."""
+    from mgld.eval.inputs import list_sequences, load_sequence
+
+    return [frame for seq in list_sequences(folder).values() for frame in load_sequence(seq)]
 
 
 def output_difference(a: Path, b: Path) -> dict:

@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from mgld.config import load_config
+    from mgld.io.atomic import atomic_write
     from mgld.perf.benchmark import (
         attention_report_of,
         build_base,
@@ -177,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                                                "steps": steps, "common": common}, "variants": {}, "rows": []}
 
     def save() -> None:
-        (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))
-        (args.out / "gpu_check.md").write_text(markdown(report["rows"], env, report["settings"]) + "\n")
+        atomic_write(args.out / "gpu_check.json", json.dumps(report, indent=1, default=str))
+        atomic_write(args.out / "gpu_check.md", markdown(report["rows"], env, report["settings"]) + "\n")
 
     base_cfg = load_config(config, common)
     start = time.perf_counter()
