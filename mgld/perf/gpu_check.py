@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = load_config(config, common + extra)
                 if smoke and name == "bf16":  # bf16 with the weights cast once, on the CPU (a pipeline allows it)
                     cfg.infer.precision, cfg.infer.cast_weights = "bf16", True
-                variant = prepare_variant(base, cfg, name, (height, width))
+                variant = prepare_variant(base, cfg, name)
                 out = Path(tmp) / name
                 if not smoke:  # warm-up: compilation, autotuning, allocator growth
                     first = run_variant(variant, clip, out, peak_tflops=peak)
