@@ -302,3 +302,24 @@ def test_broken_raft_weights_are_an_error_not_a_skip(small, tmp_path):
                                   "--raft-weights", str(broken), "--out", str(tmp_path / "r"), "--quiet"])
     assert str(err.value.code).startswith(f"error: {broken}: not a readable PyTorch checkpoint")
     assert not (tmp_path / "r").exists()
+
+
+def test_ewarp_flow_on_gt_is_found_once_per_sequence_for_all_methods(dataset, monkeypatch):
+    calls = []
+
+    class Recorder:
+        def __call__(self, ref, sup):
+            calls.append(1)
+            return (ref - sup)[:, :2] * 4.0  # some non-zero flow that depends on the frames
+
+    from mgld.eval import metrics as M
+
+    monkeypatch.setattr(M, "build_flow", lambda *a, **k: (Recorder(), "recorder"))
+    settings = E.EvalSettings(metrics=("psnr", "ewarp"), flow_from="gt")
+    methods = {"bicubic": dataset / "bicubic", "oracle": dataset / "hr"}
+    report = E.evaluate(methods, dataset / "hr", settings, progress=False)
+    pairs = sum(len(seq.files) - 1 for seq in I.list_sequences(dataset / "hr").values())
+    assert len(calls) == 2 * pairs  # forward and backward flow of each GT pair, not again per method
+    alone = {m: E.evaluate({m: root}, dataset / "hr", settings, progress=False) for m, root in methods.items()}
+    assert report.per_frame == alone["bicubic"].per_frame + alone["oracle"].per_frame  # method-then-sequence rows
+    assert report.per_sequence == {m: alone[m].per_sequence[m] for m in methods}

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from mgld.diffusion.tiling import shift_offsets, shifted_segments, shifted_tiles
-from mgld.perf.work import FRAME_SIZES, authors_pixel_starts, latent_size, padded_size, work_ratio, work_table
+from mgld.diffusion.tiling import pixel_tile_starts, shift_offsets, shifted_segments, shifted_tiles
+from mgld.perf.work import FRAME_SIZES, latent_size, padded_size, work_ratio, work_table
 
 
 @pytest.mark.parametrize("height, width", [(92, 160), (64, 116), (136, 240), (64, 64), (40, 200), (65, 129)])
@@ -48,8 +48,8 @@ def test_frame_geometry_follows_the_pipeline():
     assert padded_size((180, 320), padding="authors") == (736, 1312)  # both sides gain padding (docs/algorithm.md)
     assert padded_size((128, 128), padding="authors") == (512, 512)
     assert latent_size((120, 213)) == (64, 116)  # 512-px short side
-    assert authors_pixel_starts(1280) == [0, 320] and authors_pixel_starts(736) == [0]
-    assert authors_pixel_starts(1920) == [0, 750, 960]
+    assert pixel_tile_starts(1280, 960, 750) == [0, 320] and pixel_tile_starts(736, 960, 750) == [0]
+    assert pixel_tile_starts(1920, 960, 750) == [0, 750, 960]  # the authors' 960-px tiles, stride 750
 
 
 def test_work_ratios_of_each_tiling_mode():

@@ -25,7 +25,7 @@ from mgld.io.frames import InputError
 from mgld.models import build_denoiser, build_vae
 from mgld.models.discriminator import PatchDiscriminator
 from mgld.training import LossConfig, Stage1System, Stage2System, build_stage1, build_stage2, train
-from mgld.training.config import load_train_config
+from mgld.training.config import OptimConfig, load_train_config
 from mgld.training.data import write_synthetic_sequences
 from mgld.training.runner import prepare_run_dir
 from mgld.weights.checkpoints import CheckpointError, load_state_dict_file
@@ -246,7 +246,8 @@ def test_full_size_systems_train_the_spec_parameters():
     assert _millions(p for n, p in trained.items() if n.startswith("denoiser.cond_encoder.")) == 52.49
     assert _millions(trained.values()) == 121.90 and _millions(stage1.trainable) == 121.90
 
-    stage2 = Stage2System(vae, PatchDiscriminator(), losses=LossConfig(lpips=0, consistency=0))
+    stage2 = Stage2System(vae, PatchDiscriminator(), losses=LossConfig(lpips=0, consistency=0),
+                          optim=OptimConfig(lr=5e-5, betas=[0.5, 0.9], weight_decay=0.0, accumulate_grad_batches=1))
     trained = {n: p for n, p in stage2.named_parameters() if p.requires_grad}
     assert _millions(p for n, p in trained.items() if n.startswith("vae.fusion.")) == 25.07
     assert _millions(p for n, p in trained.items() if n.startswith("vae.temporal.")) == 6.25
@@ -341,7 +342,9 @@ def test_frozen_networks_stay_in_eval_mode(tiny_model_cfg):
     stage1 = Stage1System(build_denoiser(tiny_model_cfg), build_vae(tiny_model_cfg)).train()
     assert stage1.denoiser.training and not stage1.vae.training
     stage2 = Stage2System(build_vae(tiny_model_cfg), PatchDiscriminator(3, 8, 2), flow_estimator=FlowWithBatchNorm(),
-                          losses=LossConfig(lpips=0)).train()
+                          losses=LossConfig(lpips=0),
+                          optim=OptimConfig(lr=5e-5, betas=[0.5, 0.9], weight_decay=0.0, accumulate_grad_batches=1)
+                          ).train()
     assert stage2.vae.training and stage2.discriminator.training and not stage2.flow_estimator.training
 
 

@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if args.out:
         try:
             files = write_report(report, args.out)
-            pictures = write_pictures(report, preds, args.gt, args.out, args.profile_row, args.profile_col)
+            pictures = write_pictures(report, preds, args.gt, args.out, args.profile_row, args.profile_col,
+                                      inputs=inputs)
         except (ValueError, OSError) as err:
             raise SystemExit(f"error: writing the report to {args.out}: {err}") from None
         print(f"report: {files['table'].parent} ({len(files)} files, {len(pictures)} pictures)")

@@ -151,16 +151,13 @@ def build_metrics(settings: EvalSettings, have_gt: bool) -> tuple[dict[str, Call
     """(name -> callable, skipped name -> reason, notes) for the requested metrics.
 
     A metric that cannot be built (weights not cached, a package that does not import) is skipped with the
-    reason; the others are still built.
+    reason; the others are still built. ``settings`` are checked ones (:meth:`EvalSettings.check`, which
+    :func:`prepare` runs with the check that E*warp's flow source is given).
     """
     device, built, skipped = _device(settings.device), {}, {}
-    if settings.flow_from == "gt" and not have_gt and "ewarp" in settings.metrics:
-        raise ValueError("E*warp with the flow estimated on GT frames needs GT frames (--gt)")
     notes = {"psnr": f"{'Y' if settings.y_channel else 'RGB'}, crop {settings.crop_border}",
              "ssim": f"{'Y' if settings.y_channel else 'RGB'}, crop {settings.crop_border}"}
     for name in settings.metrics:
-        if name not in M.METRICS:
-            raise ValueError(f"unknown metric {name!r}; known: {', '.join(M.METRICS)}")
         if M.METRICS[name].needs_gt and not have_gt:
             skipped[name] = "needs GT frames (no --gt given)"
             continue
@@ -211,21 +208,36 @@ def evaluate(preds: dict[str, str | Path], gt: str | Path | None = None, setting
     if not built:  # nothing would be measured: not a result
         raise RuntimeError("no metric can be computed: " + "; ".join(f"{n} {r}" for n, r in skipped.items()))
     report = EvalReport(settings, list(preds), list(settings.metrics), skipped, notes)
-    jobs = [(m, s) for m in preds for s in inputs.preds[m]]
+    # sequence by sequence, so that the GT frames, the E*warp flow source and what depends on them only (cache)
+    # are read and computed once for all methods; the report keeps the method-then-sequence order
+    sequences = list(dict.fromkeys(s for m in preds for s in inputs.preds[m]))
+    jobs = [(m, s) for s in sequences for m in preds if s in inputs.preds[m]]
+    results: dict[tuple[str, str], tuple[dict, list[dict]]] = {}
+    current = ref = guides = cache = None
     for method, seq in tqdm(jobs, desc="evaluate", unit="seq", disable=not progress):
+        if seq != current:  # the first method of a sequence
+            current = seq
+            ref = load_sequence(inputs.gt[seq]) if inputs.gt is not None else None  # same shape (prepare checked)
+            guides, cache = {}, {}
         pred = load_sequence(inputs.preds[method][seq])
-        ref = load_sequence(inputs.gt[seq]) if inputs.gt is not None else None
-        if ref is not None and pred.shape != ref.shape:
-            raise ValueError(f"method {method!r}, sequence {seq!r}: frames are {pred.shape[1:3]}, GT {ref.shape[1:3]}")
-        guide = _flow_source(settings, ref, inputs, seq, pred.shape[1:3]) if "ewarp" in built else None
-        values = {}
+        if "ewarp" in built and pred.shape[1:3] not in guides:
+            guides[pred.shape[1:3]] = _flow_source(settings, ref, inputs, seq, pred.shape[1:3])
+        guide = guides.get(pred.shape[1:3])
+        values, failures = {}, []
         for name, fn in built.items():
             try:
-                values[name] = _checked(fn(pred, ref, flow_frames=guide if name == "ewarp" else None), name, pred)
+                extra = {"cache": cache} if M.METRICS[name].kind == "temporal" else {}
+                values[name] = _checked(fn(pred, ref, flow_frames=guide if name == "ewarp" else None, **extra),
+                                        name, pred)
             except Exception as err:  # one metric failing on one sequence does not stop the others
-                report.failures.append({"method": method, "sequence": seq, "metric": name, "error": _one_line(err)})
+                failures.append({"method": method, "sequence": seq, "metric": name, "error": _one_line(err)})
                 logger.warning("metric %s failed on %s/%s: %s", name, method, seq, _one_line(err))
-        _collect(report, method, seq, frame_stems(inputs.preds[method][seq]), values)
+        results[method, seq] = values, failures
+    for method in preds:
+        for seq in inputs.preds[method]:
+            values, failures = results[method, seq]
+            report.failures.extend(failures)
+            _collect(report, method, seq, frame_stems(inputs.preds[method][seq]), values)
     for method in preds:
         report.mean[method] = {m: _mean_over_sequences(report, method, m) for m in report.measured}
     return report

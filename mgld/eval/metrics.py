@@ -44,6 +44,9 @@ Shapes: frames are ``t h w 3`` uint8 RGB at the public boundary; torch models ge
 float in [0, 1] (:func:`mgld.io.frames.frames_to_tensor`, the project's one converter). Every metric callable
 is ``fn(pred, gt, flow_frames=None) -> list[float]``: one value per frame, or per consecutive pair for the temporal
 ones; ``flow_frames`` is the E*warp flow source (``None``: the evaluated frames), ignored by the other metrics.
+The temporal ones also take ``cache``: a dict shared by the calls on one sequence (the same GT and flow-source
+frames, whatever the method), where they keep what depends on those frames only (E*warp's flow and occlusion
+on a GT/LR flow source, tLPIPS's GT distances), so that it is computed once per sequence.
 """
 
 from __future__ import annotations
@@ -287,23 +290,39 @@ def occlusion_mask_lai(fwd: torch.Tensor, bwd: torch.Tensor) -> torch.Tensor:
     return (inconsistent | boundary).to(fwd.dtype)
 
 
+def _pair_flow(guide: torch.Tensor, t: int, estimator: mflow.FlowEstimator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(forward flow, visibility)`` of the pair ``t, t + 1`` of ``guide`` (``t 3 h w``); visibility ``1 1 h w``
+    on grid t."""
+    ref, nxt = guide[t:t + 1], guide[t + 1:t + 2]
+    fwd, bwd = estimator(ref, nxt).float(), estimator(nxt, ref).float()
+    return fwd, 1.0 - occlusion_mask_lai(fwd, bwd)
+
+
 def warping_errors(frames: np.ndarray, estimator: mflow.FlowEstimator, *, flow_frames: np.ndarray | None = None,
-                   device="cpu") -> list[float]:
+                   device="cpu", cache: dict | None = None) -> list[float]:
     """Per-pair warping error ``e_t`` of ``t h w 3`` uint8 frames as Lai et al. define it (module docstring),
-    not scaled. ``flow_frames`` (same shape): the flow source; default ``frames`` themselves."""
+    not scaled. ``flow_frames`` (same shape): the flow source; default ``frames`` themselves. ``cache``: where the
+    flow and occlusion found on ``flow_frames`` are kept (on the CPU) for the next call with the same
+    ``flow_frames`` (module docstring)."""
     if len(frames) < 2:
         raise ValueError(f"warping error needs at least 2 frames, got {len(frames)}")
     if flow_frames is not None and flow_frames.shape != frames.shape:
         raise ValueError(f"E*warp flow source frames are {flow_frames.shape[1:3]}, "
                          f"evaluated frames {frames.shape[1:3]}")
     video = frames_to_tensor(frames).to(device)
-    guide = video if flow_frames is None else frames_to_tensor(flow_frames).to(device)
+    key = ("ewarp-flows", flow_frames.shape) if flow_frames is not None and cache is not None else None
+    if key is None or key not in cache:
+        guide = video if flow_frames is None else frames_to_tensor(flow_frames).to(device)
+    if key is not None and key not in cache:
+        with torch.no_grad():
+            cache[key] = [tuple(x.cpu() for x in _pair_flow(guide, t, estimator)) for t in range(len(frames) - 1)]
     errors = []
     with torch.no_grad():
         for t in range(len(frames) - 1):
-            ref, nxt = guide[t:t + 1], guide[t + 1:t + 2]
-            fwd, bwd = estimator(ref, nxt).float(), estimator(nxt, ref).float()
-            visible = 1.0 - occlusion_mask_lai(fwd, bwd)  # 1 1 h w on grid t
+            if key is not None:
+                fwd, visible = (x.to(device) for x in cache[key][t])
+            else:
+                fwd, visible = _pair_flow(guide, t, estimator)
             warped = mflow.flow_warp(video[t + 1:t + 2], fwd, padding_mode="border")
             squared = ((warped - video[t:t + 1]) * visible).double() ** 2
             count = 3.0 * visible.double().sum()  # the mask counted over the 3 channels
@@ -369,22 +388,26 @@ def build_temporal_metric(name: str, *, device="cpu", flow: str = "auto", flow_f
             raise ValueError(f"unknown E*warp flow source {flow_from!r}; expected one of {', '.join(FLOW_SOURCES)}")
         estimator, note = build_flow(flow, device, raft_weights)
 
-        def ewarp(pred, gt=None, flow_frames=None):
+        def ewarp(pred, gt=None, flow_frames=None, cache=None):
             if flow_from != "pred" and flow_frames is None:
                 raise ValueError(f"E*warp with the flow from {_FLOW_SOURCE_TEXT[flow_from]} needs those frames")
             guide = flow_frames if flow_from != "pred" else None
-            return [1e3 * e for e in warping_errors(pred, estimator, flow_frames=guide, device=device)]
+            return [1e3 * e for e in warping_errors(pred, estimator, flow_frames=guide, device=device, cache=cache)]
 
         source = f"{_FLOW_SOURCE_TEXT[flow_from]} (flow source {flow_from})"
         return ewarp, f"Lai et al.'s definition; flow and occlusion on {source}; flow: {note}"
     if name == "flicker":
-        return (lambda pred, gt, flow_frames=None: flicker(pred, gt)), "8-bit levels"
+        return (lambda pred, gt, flow_frames=None, cache=None: flicker(pred, gt)), "8-bit levels"
     if name == "tlpips":
         model = load_lpips("alex", device)
 
-        def tlpips(pred, gt, flow_frames=None):
+        def tlpips(pred, gt, flow_frames=None, cache=None):
             run = lambda x: _batched(lambda a, b: model(a, b, normalize=True), device, batch_size, x[:-1], x[1:])  # noqa: E731
-            return np.abs(np.subtract(run(pred), run(gt))).tolist()
+            if cache is None:
+                return np.abs(np.subtract(run(pred), run(gt))).tolist()
+            if "tlpips-gt" not in cache:
+                cache["tlpips-gt"] = run(gt)
+            return np.abs(np.subtract(run(pred), cache["tlpips-gt"])).tolist()
 
         return tlpips, "LPIPS-alex between consecutive frames"
     raise ValueError(f"unknown temporal metric {name!r}; known: {sorted(METRICS)}")

@@ -202,8 +202,12 @@ def _save_figure(fig, path: str | Path) -> None:
 
 
 def write_pictures(report: EvalReport, preds: dict[str, str | Path], gt: str | Path | None, out_dir: str | Path,
-                   profile_row: int | None = None, profile_col: int | None = None) -> list[Path]:
-    """Per-frame plots for every sequence, and temporal profiles when a row or column is given."""
+                   profile_row: int | None = None, profile_col: int | None = None,
+                   inputs: EvalInputs | None = None) -> list[Path]:
+    """Per-frame plots for every sequence, and temporal profiles when a row or column is given.
+
+    ``inputs``: the sequences :func:`mgld.eval.evaluation.prepare` listed for ``preds`` and ``gt`` (else they are
+    listed again)."""
     out, written = Path(out_dir), []
     sequences = list(report.per_sequence[report.methods[0]])
     for seq in sequences:
@@ -212,8 +216,11 @@ def write_pictures(report: EvalReport, preds: dict[str, str | Path], gt: str | P
             written.append(out / "plots" / f"{seq}.png")
     if profile_row is None and profile_col is None:
         return written
-    roots = ({"GT": gt} if gt is not None else {}) | dict(preds)
-    listings = {label: list_sequences(root, label) for label, root in roots.items()}
+    if inputs is not None:
+        listings = ({"GT": inputs.gt} if gt is not None else {}) | {m: inputs.preds[m] for m in preds}
+    else:
+        roots = ({"GT": gt} if gt is not None else {}) | dict(preds)
+        listings = {label: list_sequences(root, label) for label, root in roots.items()}
     tag = f"row{profile_row}" if profile_row is not None else f"col{profile_col}"
     for seq in sequences:
         profiles = {label: temporal_profile(load_sequence(seqs[seq]), profile_row, profile_col)

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from mgld.config import Config, load_config
+from mgld.io.frames import write_png
 from mgld.perf.profiler import StageProfiler, _RssSampler
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ REFERENCE_STEPS = 50  # the authors' step count: s/frame is also extrapolated to
 
 
 def write_panned_clip(folder: Path, frames: int, height: int, width: int, seed: int = 0) -> Path:
-    """A smooth random texture panned 1 px right per frame, as PNGs ``00000000.png``…"""
+    """A smooth random texture panned 1 px right per frame, as PNGs ``00000000.png``… (8-bit, rounded)."""
     rng = np.random.default_rng(seed)
     coarse = rng.random((height // 4 + 2, (width + frames) // 4 + 2, 3)).astype(np.float32)
     texture = torch.nn.functional.interpolate(torch.from_numpy(coarse).permute(2, 0, 1)[None], scale_factor=4,
@@ -52,7 +52,7 @@ def write_panned_clip(folder: Path, frames: int, height: int, width: int, seed: 
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(frames):
         crop = texture[:, :height, frames - i: frames - i + width]
-        Image.fromarray((crop.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(folder / f"{i:08d}.png")
+        write_png(folder / f"{i:08d}.png", crop, quantize="round")
     return folder
 
 
@@ -188,12 +188,11 @@ def build_base(cfg: Config, device: str | None = None):
     return pipe
 
 
-def prepare_variant(base, cfg: Config, name: str, lr_hw: tuple[int, int] | None = None) -> Variant:
+def prepare_variant(base, cfg: Config, name: str) -> Variant:
     """A pipeline running ``cfg`` on ``base``'s device, around ``base``'s networks (copied first when an option
     changes them: weights cast, channels_last, compile), with call recorders; the pipeline applies every option
     itself (:meth:`MGLDPipeline.to`). With ``infer.offload`` the networks are handed back to the device after the
-    placement and placed again by each run (:func:`run_variant`), so that variants sharing them can alternate.
-    ``lr_hw`` is not needed any more (kept for callers)."""
+    placement and placed again by each run (:func:`run_variant`), so that variants sharing them can alternate."""
     from mgld.models.efficiency import use_cast_weights
     from mgld.pipeline.pipeline import MGLDPipeline
     from mgld.pipeline.runtime import pipeline_precision
@@ -272,13 +271,13 @@ def run_variant(variant: Variant, clip: Path, out: Path, *, peak_tflops: float |
     vae_tflop += sum(n * flops.vae(vae_net, "decode", s, t) for (s, t), n in vae_recorder.decodes.items())
     unet_seconds, guidance_seconds = stats["encoder+unet"].seconds, stats["guidance"].seconds
     s = cfg.sampling
-    lr_hw = _clip_size(clip)
-    clips = len(plan_chunks(frames_in(clip), cfg.chunk.frames, cfg.chunk.overlap, cfg.chunk.tail))
+    height, width, num_frames = clip_geometry(clip)
+    lr_hw = (height, width)
+    clips = len(plan_chunks(num_frames, cfg.chunk.frames, cfg.chunk.overlap, cfg.chunk.tail))
     passes = max(1, stats["vae_decode"].calls // max(1, clips))  # sampling passes per clip (pixel tiles)
     steps_run = s.steps * clips * passes
     # work: latent pixels the UNet evaluated (per frame) over the output latent pixels x steps of every clip
-    padding = getattr(cfg.infer, "padding", "fixed")
-    lat = latent_size(lr_hw, cfg.infer.scale, cfg.infer.min_short_side, padding=padding)
+    lat = latent_size(lr_hw, cfg.infer.scale, cfg.infer.min_short_side, padding=cfg.infer.padding)
     evaluated = sum(n * (shape[0] // t) * shape[2] * shape[3] for (shape, t), n in recorder.calls.items())
     work_measured = evaluated / (s.steps * clips * lat[0] * lat[1]) if clips else None
     tiling = {"tile": s.latent_tile_size, "overlap": s.latent_tile_overlap}
@@ -322,17 +321,12 @@ def run_variant(variant: Variant, clip: Path, out: Path, *, peak_tflops: float |
     return result
 
 
-def _clip_size(clip: Path) -> tuple[int, int]:
+def clip_geometry(clip: Path) -> tuple[int, int, int]:
+    """``(height, width, frames)`` of the LR clip at ``clip`` (one listing of its headers)."""
     from mgld.io.sequences import discover_sequences
 
     sequence = discover_sequences(clip, verify=False)[0]
-    return sequence.height, sequence.width
-
-
-def frames_in(clip: Path) -> int:
-    from mgld.io.sequences import discover_sequences
-
-    return len(discover_sequences(clip, verify=False)[0].frame_names)
+    return sequence.height, sequence.width, len(sequence.frame_names)
 
 
 def benchmark(cfg: Config, height: int, width: int, frames: int, workdir: Path, *, peak_tflops: float | None = None,
@@ -342,11 +336,11 @@ def benchmark(cfg: Config, height: int, width: int, frames: int, workdir: Path, 
     base = base or build_base(cfg)
     load_seconds = time.perf_counter() - start
     clip = input_path or write_panned_clip(workdir / f"lr_{frames}", frames, height, width)
-    variant = prepare_variant(base, cfg, "run", _clip_size(clip))
+    variant = prepare_variant(base, cfg, "run")
     result = run_variant(variant, clip, workdir / f"sr_{frames}", peak_tflops=peak_tflops)
     result["model_load_seconds"] = load_seconds
     if attention_report:
-        result["attention"] = attention_report_of(variant, _clip_size(clip))
+        result["attention"] = attention_report_of(variant, clip_geometry(clip)[:2])
     return result
 
 
@@ -383,7 +377,7 @@ def memory_scaling(cfg: Config, height: int, width: int, counts: tuple[int, int]
     peaks = {}
     for n in counts:
         clip = write_panned_clip(workdir / f"mem_lr_{n}", n, height, width)
-        variant = prepare_variant(base, cfg, f"mem{n}", (height, width))
+        variant = prepare_variant(base, cfg, f"mem{n}")
         peaks[str(n)] = run_variant(variant, clip, workdir / f"mem_sr_{n}")["peak_bytes"]
     peaks["ratio"] = peaks[str(counts[1])] / peaks[str(counts[0])]
     return peaks
@@ -395,7 +389,10 @@ def memory_scaling(cfg: Config, height: int, width: int, counts: tuple[int, int]
 
 
 def _frames_of(folder: Path) -> list[np.ndarray]:
-    return [np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.rglob("*.png"))]
+    """The ``h w 3`` uint8 frames of every sequence under ``folder``, as ``mgld evaluate`` lists and reads them."""
+    from mgld.eval.inputs import list_sequences, load_sequence
+
+    return [frame for seq in list_sequences(folder).values() for frame in load_sequence(seq)]
 
 
 def output_difference(a: Path, b: Path) -> dict:
@@ -434,8 +431,7 @@ def compare(config: str | Path, base_overrides: list[str], a: str, b: str, heigh
     cfg_b = load_config(config, base_overrides + parse_overrides(b))
     base = build_base(cfg_a)
     clip = input_path or write_panned_clip(workdir / "lr", frames, height, width)
-    lr_hw = _clip_size(clip)
-    variants = {"A": prepare_variant(base, cfg_a, "A", lr_hw), "B": prepare_variant(base, cfg_b, "B", lr_hw)}
+    variants = {"A": prepare_variant(base, cfg_a, "A"), "B": prepare_variant(base, cfg_b, "B")}
     outputs = keep or workdir / "out"
     name = Path(clip).stem if Path(clip).is_file() else Path(clip).name
     runs: dict[str, list[dict]] = {"A": [], "B": []}

@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from mgld.config import load_config
+    from mgld.io.atomic import atomic_write
     from mgld.perf.benchmark import (
         attention_report_of,
         build_base,
@@ -177,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                                                "steps": steps, "common": common}, "variants": {}, "rows": []}
 
     def save() -> None:
-        (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))
-        (args.out / "gpu_check.md").write_text(markdown(report["rows"], env, report["settings"]) + "\n")
+        atomic_write(args.out / "gpu_check.json", json.dumps(report, indent=1, default=str))
+        atomic_write(args.out / "gpu_check.md", markdown(report["rows"], env, report["settings"]) + "\n")
 
     base_cfg = load_config(config, common)
     start = time.perf_counter()
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = load_config(config, common + extra)
                 if smoke and name == "bf16":  # bf16 with the weights cast once, on the CPU (a pipeline allows it)
                     cfg.infer.precision, cfg.infer.cast_weights = "bf16", True
-                variant = prepare_variant(base, cfg, name, (height, width))
+                variant = prepare_variant(base, cfg, name)
                 out = Path(tmp) / name
                 if not smoke:  # warm-up: compilation, autotuning, allocator growth
                     first = run_variant(variant, clip, out, peak_tflops=peak)

@@ -21,45 +21,37 @@ pad each side to a multiple of 32 (or by the authors' rule, ``padding="authors"`
 from __future__ import annotations
 
 from collections.abc import Iterable
+from types import SimpleNamespace
 
 from mgld.diffusion.tiling import pixel_tile_starts, shifted_tiles, tile_boxes
+from mgld.pipeline.tiles import TilePlan, plan_tiles
 
 # LR input sizes of the standard output sizes (x4).
 FRAME_SIZES = {"480p": (120, 213), "720p": (180, 320), "1080p": (270, 480), "4K": (540, 960)}
 MODES = ("overlap", "shifted", "authors")
 
 
-def padded_size(lr_hw: tuple[int, int], scale: int = 4, min_short_side: int = 512, multiple: int = 32,
-                padding: str = "fixed") -> tuple[int, int]:
-    """The upsampled, padded frame mgld encodes for an LR frame of ``lr_hw`` (docs/algorithm.md §5).
+def _plan(lr_hw: tuple[int, int], scale: int, min_short_side: int, padding: str) -> TilePlan:
+    """The pipeline's :func:`~mgld.pipeline.tiles.plan_tiles` for one pass over the whole frame."""
+    infer = SimpleNamespace(scale=scale, min_short_side=min_short_side, padding=padding)
+    return plan_tiles(*lr_hw, infer, SimpleNamespace(tile_size="auto"), SimpleNamespace(pixel_tiling="frame"))
+
+
+def padded_size(lr_hw: tuple[int, int], scale: int = 4, min_short_side: int = 512, padding: str = "fixed"
+                ) -> tuple[int, int]:
+    """The upsampled, padded frame mgld encodes for an LR frame of ``lr_hw`` (docs/algorithm.md §5;
+    :func:`mgld.pipeline.tiles.plan_tiles`).
 
     ``padding="fixed"``: each side padded to the next multiple of 32; ``"authors"``: when either side is not a
-    multiple, both gain ``(x // 32 + 1)·32 − x`` (1280×720 -> 1312×736).
+    multiple, both gain ``(x // 32 + 1)·32 − x`` (1280×720 -> 1312×736) (:func:`mgld.pipeline.tiles.padding`).
     """
-    h, w = lr_hw
-    s = max(float(scale), min_short_side / min(h, w))
-    size = (int(h * s), int(w * s))
-    if padding == "authors":
-        if all(v % multiple == 0 for v in size):
-            return size
-        return tuple((v // multiple + 1) * multiple for v in size)
-    if padding != "fixed":
-        raise ValueError(f"padding must be 'fixed' or 'authors', got {padding!r}")
-    return tuple(v + (-v % multiple) for v in size)
+    return _plan(lr_hw, scale, min_short_side, padding).padded_size
 
 
 def latent_size(lr_hw: tuple[int, int], scale: int = 4, min_short_side: int = 512, padding: str = "fixed"
                 ) -> tuple[int, int]:
     """The latent grid (1/8 of :func:`padded_size`)."""
-    h, w = padded_size(lr_hw, scale, min_short_side, padding=padding)
-    return h // 8, w // 8
-
-
-def authors_pixel_starts(length: int, tile: int = 960, stride: int = 750) -> list[int]:
-    """The authors' pixel-tile starts along one side (:func:`mgld.diffusion.tiling.pixel_tile_starts`, what the
-    pipeline uses): ``range(0, L, stride)`` clamped to ``L − tile``, duplicates removed; one tile covering a side
-    of at most ``tile`` (docs/algorithm.md §5)."""
-    return pixel_tile_starts(length, tile, stride)
+    return _plan(lr_hw, scale, min_short_side, padding).latent_size
 
 
 def tile_evaluations(height: int, width: int, mode: str = "overlap", *, tile: int = 64, overlap: int = 32,
@@ -76,8 +68,8 @@ def tile_evaluations(height: int, width: int, mode: str = "overlap", *, tile: in
     if chain == "pixel_tiles":
         lat_tile = pixel_tile // 8  # a pixel tile, in latent cells
         total, shapes = 0.0, []
-        for top in authors_pixel_starts(height * 8, pixel_tile, pixel_stride):
-            for left in authors_pixel_starts(width * 8, pixel_tile, pixel_stride):
+        for top in pixel_tile_starts(height * 8, pixel_tile, pixel_stride):
+            for left in pixel_tile_starts(width * 8, pixel_tile, pixel_stride):
                 th, tw = min(lat_tile, height - top // 8), min(lat_tile, width - left // 8)
                 inner, inner_shapes = tile_evaluations(th, tw, mode, tile=tile, overlap=overlap, steps=steps,
                                                        min_tile=min_tile)
@@ -147,5 +139,5 @@ def work_markdown(rows: list[dict], what: str = "work_ratio") -> str:
     return "\n".join(lines)
 
 
-__all__ = ["FRAME_SIZES", "MODES", "authors_pixel_starts", "latent_size", "padded_size", "tile_evaluations",
+__all__ = ["FRAME_SIZES", "MODES", "latent_size", "padded_size", "tile_evaluations",
            "work_markdown", "work_ratio", "work_table"]

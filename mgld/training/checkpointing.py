@@ -16,9 +16,7 @@ A checkpoint is never loaded with ``weights_only=False``, and no message suggest
 from __future__ import annotations
 
 import logging
-import os
 import re
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,49 +24,30 @@ from typing import Any
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from mgld.io.atomic import TEMP_SUFFIX
+from mgld.io.atomic import atomic_write, remove_temporaries
 from mgld.weights.checkpoints import CheckpointError
 
 log = logging.getLogger(__name__)
 _STEP_FILE = re.compile(r"step(\d+)\.ckpt$")
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. a platform without directory file descriptors
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_atomically(path: str | Path, write: Callable[[Any], None]) -> Path:
-    """Call ``write(file)`` on a temporary file next to ``path``, flush + fsync it, rename it onto ``path``.
+    """Call ``write(file)`` on a temporary file next to ``path``, fsync it, rename it onto ``path``, fsync the folder
+    (:func:`mgld.io.atomic.atomic_write` with ``fsync=True``).
 
     On any failure (a full disk, an interrupt) the temporary file is removed and ``path`` is untouched; an
     ``OSError`` is re-raised naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}")
-    try:
+
+    def write_file(tmp: str) -> None:
         with open(tmp, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+
+    try:
+        return atomic_write(path, write_file, fsync=True)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise OSError(err.errno, f"could not write checkpoint {path}: {err.strerror or err}") from err
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
 
 
 def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict:
@@ -108,13 +87,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     """Delete the temporary files of interrupted saves in ``folder``; returns what was removed."""
-    removed = []
     folder = Path(folder)
-    if folder.is_dir():
-        for tmp in folder.glob(f".*{TEMP_SUFFIX}"):
-            if tmp.is_file():
-                tmp.unlink(missing_ok=True)
-                removed.append(tmp)
+    removed = remove_temporaries(folder) if folder.is_dir() else []
     if removed:
         log.warning("removed %d temporary file(s) of an interrupted checkpoint save in %s", len(removed), folder)
     return removed

@@ -144,14 +144,17 @@ def frame_difference_loss(pred: Tensor, target: Tensor, num_frames: int) -> Tens
     return ((p[:, :-1] - p[:, 1:]) - (g[:, :-1] - g[:, 1:])).abs().mean()
 
 
+_SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
+_SOBEL_KERNELS = torch.stack([_SOBEL_X, _SOBEL_X.t()]).unsqueeze(1)  # 2 1 3 3 (x, y); exact in every float type
+
+
 def sobel_edges(x: Tensor, eps: float = 1e-6) -> Tensor:
     """Normalised Sobel magnitude per channel, ``√(gx² + gy² + eps)`` (kornia's ``sobel``).
 
     The 3x3 kernels are divided by 8 (so a unit step gives |∇| = 0.5 on both sides of the edge) and the
     input is replicate-padded. Shapes: ``n c H W`` -> ``n c H W``.
     """
-    kx = x.new_tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
-    kernels = torch.stack([kx, kx.t()]).unsqueeze(1)  # 2 1 3 3
+    kernels = _SOBEL_KERNELS.to(x)
     n, c, h, w = x.shape
     grads = F.conv2d(F.pad(x.reshape(n * c, 1, h, w), (1, 1, 1, 1), mode="replicate"), kernels)
     gx, gy = grads[:, 0], grads[:, 1]

@@ -87,10 +87,12 @@ def _verify_here(data) -> bool:
     return bool(data.verify_frames) and rank_zero_only.rank == 0
 
 
-def check_sd_checkpoint(source: str | Path, model: ModelConfig, parts: tuple[str, ...]) -> None:
+def check_sd_checkpoint(source: str | Path, model: ModelConfig, parts: tuple[str, ...]) -> dict[str, dict]:
     """Raise unless ``source`` (LDM ``.ckpt``/``.safetensors`` or diffusers folder) has ``parts`` that fit ``model``.
 
-    ``parts`` from ``"unet"`` (with the text encoder the empty-prompt context needs) and ``"vae"``.
+    ``parts`` from ``"unet"`` (with the text encoder the empty-prompt context needs) and ``"vae"``. Returns, per
+    part, the weights as read (the whole LDM file, or the part's file of a diffusers folder): the ``state_dict`` that
+    :func:`init_denoiser_from_sd` / :func:`init_vae_from_sd` take, so that the file is read once.
     """
     from diffusers import UNet2DConditionModel
 
@@ -99,15 +101,16 @@ def check_sd_checkpoint(source: str | Path, model: ModelConfig, parts: tuple[str
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"SD checkpoint not found: {path} (init.sd_checkpoint)")
-    state_dicts = {}
+    state_dicts, loaded = {}, {}
     try:
         if path.is_dir():
             for part in parts:
-                state_dicts[part] = ckpt.load_state_dict_file(diffusers_weights_file(path / part))
+                state_dicts[part] = loaded[part] = ckpt.load_state_dict_file(diffusers_weights_file(path / part))
             if "unet" in parts and not (path / "text_encoder").is_dir():
                 raise FileNotFoundError(f"{path}: no text_encoder/ folder (needed for the empty-prompt context)")
         else:
             full = ckpt.load_state_dict_file(path)
+            loaded = dict.fromkeys(parts, full)
             if "unet" in parts:
                 if not has_openclip_tower(full):
                     raise ckpt.CheckpointError(f"{path}: no OpenCLIP text tower (cond_stage_model.*); is it SD 2.x?")
@@ -123,6 +126,7 @@ def check_sd_checkpoint(source: str | Path, model: ModelConfig, parts: tuple[str
             ckpt.check_state_dict(unet, state_dicts["unet"], str(path))
         if "vae" in state_dicts:
             ckpt.check_state_dict(build_vae(model).base, state_dicts["vae"], str(path))
+    return loaded
 
 
 def check_weights_folder(folder: str | Path, model: ModelConfig, part: str) -> None:
@@ -138,13 +142,16 @@ def check_weights_folder(folder: str | Path, model: ModelConfig, part: str) -> N
         raise ckpt.CheckpointError(f"init.weights: {folder} was made for another model config (differs in {differing})")
 
 
-def _check_init(cfg: TrainConfig, parts: tuple[str, ...], weights_part: str) -> None:
+def _check_init(cfg: TrainConfig, parts: tuple[str, ...], weights_part: str) -> dict[str, dict]:
+    """Check the init sources; returns the SD weights read for ``parts`` (:func:`check_sd_checkpoint`), or ``{}``."""
+    loaded = {}
     if cfg.init.sd_checkpoint is not None:
-        check_sd_checkpoint(cfg.init.sd_checkpoint, cfg.model, parts)
+        loaded = check_sd_checkpoint(cfg.init.sd_checkpoint, cfg.model, parts)
     else:
         log.warning("init.sd_checkpoint is not set: the frozen networks keep random weights (smoke runs only)")
     if cfg.init.weights is not None:
         check_weights_folder(cfg.init.weights, cfg.model, weights_part)
+    return loaded
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -166,15 +173,16 @@ def _datamodule(cfg: TrainConfig, dataset) -> ClipDataModule:
 def build_stage1(cfg: Stage1TrainConfig) -> tuple[Stage1System, ClipDataModule]:
     """Stage-1 system (denoiser from SD 2.1 or ``init.weights``, frozen VAE) and its data."""
     dataset = build_stage1_dataset(cfg)
-    _check_init(cfg, ("vae",) if cfg.init.weights else ("unet", "vae"), "denoiser")  # init.weights has the UNet
+    loaded = _check_init(cfg, ("vae",) if cfg.init.weights else ("unet", "vae"), "denoiser")  # weights: the UNet
     sd, opts = cfg.init.sd_checkpoint, cfg.stage1
     if cfg.init.weights is not None:
         denoiser, _ = load_denoiser(cfg.init.weights, cfg.model)
     elif sd is not None:
-        denoiser = init_denoiser_from_sd(sd, cfg.model, mid_from_sd=opts.mid_from_sd)
+        denoiser = init_denoiser_from_sd(sd, cfg.model, mid_from_sd=opts.mid_from_sd, state_dict=loaded["unet"])
     else:
         denoiser = build_denoiser(cfg.model)
-    vae = init_vae_from_sd(sd, cfg.model) if sd is not None else build_vae(cfg.model)
+    vae = init_vae_from_sd(sd, cfg.model, state_dict=loaded["vae"]) if sd is not None else build_vae(cfg.model)
+    del loaded
     system = Stage1System(denoiser, vae, optim=cfg.optim, options=opts, checkpoint_frozen=sd is None,
                           image_every_n_steps=cfg.trainer.image_every_n_steps)
     return system, _datamodule(cfg, dataset)
@@ -189,7 +197,7 @@ def build_stage2_dataset(cfg: Stage2TrainConfig) -> Stage2ClipDataset:
 def build_stage2(cfg: Stage2TrainConfig) -> tuple[Stage2System, ClipDataModule]:
     """Stage-2 system (temporal VAE from SD 2.1 or ``init.weights``, PatchGAN, loss networks) and its data."""
     dataset = build_stage2_dataset(cfg)
-    _check_init(cfg, ("vae",), "vae")
+    loaded = _check_init(cfg, ("vae",), "vae")
     losses = cfg.losses
     lpips = LPIPSLoss(losses.lpips_net, losses.lpips_backbone) if losses.lpips else None
     flow = None
@@ -200,7 +208,8 @@ def build_stage2(cfg: Stage2TrainConfig) -> tuple[Stage2System, ClipDataModule]:
     if cfg.init.weights is not None:
         vae, _ = load_vae(cfg.init.weights, cfg.model)
     else:
-        vae = init_vae_from_sd(sd, cfg.model) if sd is not None else build_vae(cfg.model)
+        vae = init_vae_from_sd(sd, cfg.model, state_dict=loaded["vae"]) if sd is not None else build_vae(cfg.model)
+    del loaded
     disc = PatchDiscriminator(3, cfg.discriminator.base_channels, cfg.discriminator.num_layers)
     if cfg.discriminator.sync_batchnorm:
         convert_global_batchnorm(disc)

@@ -46,16 +46,13 @@ from mgld.training.losses import (
 )
 
 
-def _stage2_optim() -> OptimConfig:
-    return OptimConfig(lr=5e-5, betas=[0.5, 0.9], weight_decay=0.0, accumulate_grad_batches=1)
-
-
 class Stage2System(TrainingSystem):
     """Lightning system of stage 2 (module docstring). Models are built by :func:`mgld.training.build_stage2`.
 
-    ``losses``: the ``losses`` section of the config (:class:`LossConfig`); ``optim``: its ``optim`` section
-    (``accumulate_grad_batches`` is applied here, by manual optimisation). ``lpips`` (``pred, target -> n 1 1 1``)
-    may be None only if ``losses.lpips == 0``; ``flow_estimator`` only if ``losses.consistency == 0``.
+    ``losses``: the ``losses`` section of the config (:class:`LossConfig`); ``optim`` (required): its ``optim``
+    section (``accumulate_grad_batches`` is applied here, by manual optimisation). ``lpips``
+    (``pred, target -> n 1 1 1``) may be None only if ``losses.lpips == 0``; ``flow_estimator`` only if
+    ``losses.consistency == 0``.
     """
 
     trained_prefixes = ("vae.temporal.", "vae.fusion.", "discriminator.")
@@ -69,7 +66,7 @@ class Stage2System(TrainingSystem):
         lpips: nn.Module | None = None,
         flow_estimator: FlowEstimator | None = None,
         losses: LossConfig | None = None,
-        optim: OptimConfig | None = None,
+        optim: OptimConfig,
         cfw_weight: float = 1.0,
         checkpoint_frozen: bool = True,
         image_every_n_steps: int = 1000,
@@ -85,7 +82,7 @@ class Stage2System(TrainingSystem):
         self.vae.requires_grad_(False)
         for module in (vae.temporal, vae.fusion, discriminator):
             module.requires_grad_(True)
-        self.losses, self.optim, self.cfw_weight = losses, optim or _stage2_optim(), cfw_weight
+        self.losses, self.optim, self.cfw_weight = losses, optim, cfw_weight
 
     def decoder_parameters(self) -> list[nn.Parameter]:
         return [*self.vae.temporal.parameters(), *self.vae.fusion.parameters()]

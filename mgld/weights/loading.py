@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
 
@@ -178,7 +178,8 @@ def _reinit_mid_slots(denoiser: MGLDDenoiser) -> None:
 
 
 def init_denoiser_from_sd(
-    sd_source: str | Path, cfg: ModelConfig | None = None, mid_from_sd: bool = True
+    sd_source: str | Path, cfg: ModelConfig | None = None, mid_from_sd: bool = True,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
 ) -> MGLDDenoiser:
     """A stage-1 denoiser whose SD UNet and empty-prompt context come from SD 2.x.
 
@@ -186,6 +187,8 @@ def init_denoiser_from_sd(
     (``unet/``, ``text_encoder/``). SFT, temporal layers and the time-aware encoder keep their
     fresh init (temporal alpha = ``cfg.unet.temporal_alpha_init``). ``mid_from_sd=False``
     reproduces the authors' run, which left the shifted middle-block slots random (docs/algorithm.md §2.1).
+    ``state_dict``: the weights of ``sd_source`` already read with ``load_state_dict_file`` (the whole LDM file, or
+    the folder's ``unet/`` file), so that the file is not read again.
     """
     from mgld.weights.text_context import context_from_diffusers, context_from_openclip
 
@@ -193,10 +196,11 @@ def init_denoiser_from_sd(
     sd_source = Path(sd_source)
     denoiser = build_denoiser(cfg)
     if sd_source.is_dir():
-        unet_sd = ckpt.load_state_dict_file(diffusers_weights_file(sd_source / "unet"))
+        unet_sd = state_dict if state_dict is not None else ckpt.load_state_dict_file(
+            diffusers_weights_file(sd_source / "unet"))
         context = context_from_diffusers(sd_source)
     else:
-        full = ckpt.load_state_dict_file(sd_source)
+        full = state_dict if state_dict is not None else ckpt.load_state_dict_file(sd_source)
         with _naming(sd_source):
             unet_sd = convert.sd_unet_state_dict(full, cfg.unet.num_res_blocks)
             context = context_from_openclip(full)
@@ -207,17 +211,25 @@ def init_denoiser_from_sd(
     return denoiser
 
 
-def init_vae_from_sd(sd_source: str | Path, cfg: ModelConfig | None = None) -> TemporalVAE:
-    """A temporal VAE whose SD part comes from SD 2.x (LDM checkpoint or diffusers folder ``vae/``)."""
+def init_vae_from_sd(
+    sd_source: str | Path, cfg: ModelConfig | None = None, state_dict: Mapping[str, torch.Tensor] | None = None,
+) -> TemporalVAE:
+    """A temporal VAE whose SD part comes from SD 2.x (LDM checkpoint or diffusers folder ``vae/``).
+
+    ``state_dict``: the weights of ``sd_source`` already read with ``load_state_dict_file`` (the whole LDM file, or
+    the folder's ``vae/`` file), so that the file is not read again.
+    """
     cfg = cfg or ModelConfig()
     sd_source = Path(sd_source)
     vae = build_vae(cfg)
     if sd_source.is_dir():
-        state_dict = ckpt.load_state_dict_file(diffusers_weights_file(sd_source / "vae"))
+        vae_sd = state_dict if state_dict is not None else ckpt.load_state_dict_file(
+            diffusers_weights_file(sd_source / "vae"))
     else:
+        full = state_dict if state_dict is not None else ckpt.load_state_dict_file(sd_source)
         with _naming(sd_source):
-            state_dict = convert.sd_vae_state_dict(ckpt.load_state_dict_file(sd_source), len(cfg.vae.ch_mult))
-    ckpt.load_into(vae.base, state_dict, str(sd_source))
+            vae_sd = convert.sd_vae_state_dict(full, len(cfg.vae.ch_mult))
+    ckpt.load_into(vae.base, vae_sd, str(sd_source))
     return vae
 
 
