@@ -254,6 +254,21 @@ def test_command_errors_go_through_the_one_handler(tmp_path, capsys):
     assert err.strip().splitlines()[-1] == f"error: {config}: not found; a fixture folder needs config.json"
 
 
+def test_generate_latents_device_flag_gives_way_to_an_override():
+    from mgld.cli.generate_latents import config_overrides, parse_args
+    from mgld.training.config import load_train_config
+
+    def device(*argv):
+        args = parse_args(["--config", "tiny_stage1", "--input", "gt", "--out", "lat", *argv])
+        return load_train_config(args.config, config_overrides(args)).infer.device
+
+    default = load_train_config("tiny_stage1").infer.device
+    assert device() == default  # no flag: the config's
+    assert device("--device", "cpu") == "cpu"
+    assert device("--device", "cpu", "infer.device=cuda:1") == "cuda:1"  # the override wins
+    assert device("infer.device=cuda:1") == "cuda:1"  # no longer replaced by the flag's default
+
+
 def test_debug_flag_and_env_print_the_traceback(tmp_path, capsys, monkeypatch):
     bad = tmp_path / "bad.yaml"
     bad.write_text("a: [1\n")
