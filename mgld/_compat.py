@@ -26,9 +26,27 @@ _OLD_NAME = "torchvision.transforms.functional_tensor"
 _NEW_NAME = "torchvision.transforms.functional"
 
 
-class _AliasLoader(importlib.abc.Loader):
+def _available_elsewhere(fullname: str, finder, path=None) -> bool:
+    """Does any other importer (the standard library, setuptools' ``_distutils_hack``,
+    a torchvision that still ships the module) provide ``fullname``?"""
+    for other in sys.meta_path:
+        if other is not finder and hasattr(other, "find_spec"):
+            try:
+                if other.find_spec(fullname, path) is not None:
+                    return True
+            except (ImportError, AttributeError):
+                continue
+    return False
+
+
+class _ModuleLoader(importlib.abc.Loader):
+    """Serves the module ``build(name)`` returns."""
+
+    def __init__(self, build):
+        self.build = build
+
     def create_module(self, spec):
-        return importlib.import_module(_NEW_NAME)
+        return self.build(spec.name)
 
     def exec_module(self, module):
         pass
@@ -40,14 +58,9 @@ class _FunctionalTensorFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path=None, target=None):
         if fullname != _OLD_NAME:
             return None
-        for finder in sys.meta_path:  # does this torchvision still ship the module?
-            if finder is not self and hasattr(finder, "find_spec"):
-                try:
-                    if finder.find_spec(fullname, path, target) is not None:
-                        return None
-                except (ImportError, AttributeError):
-                    continue
-        return importlib.machinery.ModuleSpec(fullname, _AliasLoader())
+        if _available_elsewhere(fullname, self, path):  # this torchvision still ships the module
+            return None
+        return importlib.machinery.ModuleSpec(fullname, _ModuleLoader(lambda name: importlib.import_module(_NEW_NAME)))
 
 
 def install_torchvision_functional_tensor_alias() -> None:
@@ -99,29 +112,6 @@ class LooseVersion:
 
 
 _SHIM_MARK = "__mgld_distutils_shim__"
-
-
-def _available_elsewhere(fullname: str, finder, path=None) -> bool:
-    """Does any other importer (the standard library, setuptools' ``_distutils_hack``) provide ``fullname``?"""
-    for other in sys.meta_path:
-        if other is not finder and hasattr(other, "find_spec"):
-            try:
-                if other.find_spec(fullname, path) is not None:
-                    return True
-            except (ImportError, AttributeError):
-                continue
-    return False
-
-
-class _ModuleLoader(importlib.abc.Loader):
-    def __init__(self, build):
-        self.build = build
-
-    def create_module(self, spec):
-        return self.build(spec.name)
-
-    def exec_module(self, module):
-        pass
 
 
 def _distutils_module(name: str) -> types.ModuleType:

@@ -21,10 +21,14 @@ OPTIONAL_MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
 
 
 def install_hint(module: str, extra: str | None = None) -> str | None:
-    """``pip install "mgld[<extra>]"`` for an optional ``module`` (``extra`` when it is one of its extras), or None."""
-    entry = OPTIONAL_MODULES.get(module.split(".")[0])
+    """What to install for a missing optional ``module``: its distribution, the module, and the
+    ``pip install "mgld[<extra>]"`` (``extra`` when it is one of its extras, else its first); None when the module
+    is not an optional one."""
+    top = module.split(".")[0]
+    entry = OPTIONAL_MODULES.get(top)
     if entry is None:
         return None
     distribution, extras = entry
     chosen = extra if extra in extras else extras[0]
-    return f"the optional package {distribution!r}, part of the '{chosen}' extra: pip install \"mgld[{chosen}]\""
+    return (f"the optional package {distribution!r} (module {top!r} is not installed), "
+            f"part of the '{chosen}' extra: pip install \"mgld[{chosen}]\"")

@@ -205,7 +205,7 @@ RAFT_ORIGINAL_TO_TORCHVISION: tuple[tuple[str, str], ...] = (
 )
 # Prefixes a raft-things state dict may carry: DataParallel's, or that of the RAFT_SR keys (same layout)
 # taken out of the authors' stage-1 checkpoint.
-_RAFT_PREFIXES = ("flownet_model.", "module.")
+_RAFT_PREFIXES = (STAGE1_RAFT_PREFIX, "module.")
 VAE_SPYNET_PREFIX = "loss.flownet."  # SpyNet inside the official video-VAE checkpoint (stage-2 loss)
 
 
@@ -235,10 +235,11 @@ def _load_state_dict(path: Path, prefix: str | None = None) -> dict[str, Tensor]
     Lightning's ``state_dict`` unwrapped). When some keys start with ``prefix`` (a network stored inside a
     bigger checkpoint), only those are kept, without the prefix."""
     from mgld.weights.checkpoints import load_state_dict_file
+    from mgld.weights.convert import strip_prefix
 
     state_dict = load_state_dict_file(path, nested_keys=("params", "state_dict"))
     if prefix and any(key.startswith(prefix) for key in state_dict):
-        state_dict = {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
+        state_dict = strip_prefix(state_dict, prefix)
     return state_dict
 
 

@@ -236,6 +236,39 @@ def test_missing_optional_packages_name_the_extra():
     assert "reinstall mgld" in describe(missing("av"), "infer")[0]
 
 
+def test_command_errors_go_through_the_one_handler(tmp_path, capsys):
+    """Errors a command meets while running (not only config errors) reach run_guarded: one line, exit 1,
+    and the traceback with --debug."""
+    missing = tmp_path / "missing"
+    args = ["infer", "--config", "tiny", "--input", str(missing), "--output", str(tmp_path / "out")]
+    assert main(args) == EXIT_FAILED
+    assert capsys.readouterr().err == f"error: {missing}: no such file or folder\n"
+    assert main(["--debug", *args]) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "InputError" in err
+    assert err.strip().splitlines()[-1] == f"error: {missing}: no such file or folder"
+    assert main(["--debug", "parity", str(missing)]) == EXIT_FAILED  # an input error: 1, as README says
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err
+    config = missing / "config.json"
+    assert err.strip().splitlines()[-1] == f"error: {config}: not found; a fixture folder needs config.json"
+
+
+def test_generate_latents_device_flag_gives_way_to_an_override():
+    from mgld.cli.generate_latents import config_overrides, parse_args
+    from mgld.training.config import load_train_config
+
+    def device(*argv):
+        args = parse_args(["--config", "tiny_stage1", "--input", "gt", "--out", "lat", *argv])
+        return load_train_config(args.config, config_overrides(args)).infer.device
+
+    default = load_train_config("tiny_stage1").infer.device
+    assert device() == default  # no flag: the config's
+    assert device("--device", "cpu") == "cpu"
+    assert device("--device", "cpu", "infer.device=cuda:1") == "cuda:1"  # the override wins
+    assert device("infer.device=cuda:1") == "cuda:1"  # no longer replaced by the flag's default
+
+
 def test_debug_flag_and_env_print_the_traceback(tmp_path, capsys, monkeypatch):
     bad = tmp_path / "bad.yaml"
     bad.write_text("a: [1\n")

@@ -19,7 +19,8 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
-from mgld.cli._errors import COMMAND_EXTRA, OPTIONAL_MODULES
+from mgld._extras import OPTIONAL_MODULES
+from mgld.cli._errors import COMMAND_EXTRA
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 

@@ -28,7 +28,7 @@ import threading
 import traceback
 from collections.abc import Callable, Iterator
 
-from mgld._extras import OPTIONAL_MODULES
+from mgld._extras import install_hint
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -90,13 +90,9 @@ def _omegaconf_message(err, source: str | None) -> str:
 
 
 def _missing_module_message(err: ModuleNotFoundError, command: str) -> str:
-    module = (err.name or "").split(".")[0]
-    if module in OPTIONAL_MODULES:
-        distribution, extras = OPTIONAL_MODULES[module]
-        wanted = COMMAND_EXTRA.get(command)
-        extra = wanted if wanted in extras else extras[0]
-        return (f"mgld {command} needs the optional package {distribution!r} (module {module!r} is not installed), "
-                f"part of the '{extra}' extra: pip install \"mgld[{extra}]\"")
+    hint = install_hint(err.name or "", COMMAND_EXTRA.get(command))
+    if hint is not None:
+        return f"mgld {command} needs {hint}"
     return f"{err} (a dependency of mgld is missing: reinstall mgld, e.g. pip install mgld)"
 
 

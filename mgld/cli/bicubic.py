@@ -22,10 +22,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         parser.error(f"--scale {args.scale}: must be >= 1")
     from mgld.eval.testset import upscale_bicubic  # heavy (cv2, torch): after parsing, so --help is instant
 
-    try:
-        names = upscale_bicubic(args.lr, args.out, args.scale)
-    except (ValueError, OSError) as err:
-        raise SystemExit(f"error: {err}") from None
+    names = upscale_bicubic(args.lr, args.out, args.scale)  # bad input: one line, exit 1 (cli/_errors.py)
     print(f"bicubic x{args.scale}: {len(names)} sequences -> {args.out}")
     return 0
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 from mgld.weights.hub import default_weights_dir
@@ -52,17 +51,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
     cfg = load_config(args.config, args.overrides, Config).model
     out = args.out or default_weights_dir()
-    try:
-        if args.from_sd is not None:
-            denoiser = init_denoiser_from_sd(args.from_sd, cfg, mid_from_sd=args.mid_from_sd)
-            vae = init_vae_from_sd(args.from_sd, cfg)
-            provenance = {"init_from_sd": args.from_sd.name, "mid_from_sd": args.mid_from_sd}
-            save_model_folder(out, cfg, denoiser=denoiser, vae=vae, provenance=provenance)
-        else:
-            convert_official(out, stage1=args.stage1, vae=args.vae, cfg=cfg)
-    except (FileNotFoundError, ValueError, RuntimeError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    # a missing or inconsistent checkpoint: an exception naming the file, one line and exit 1 (cli/_errors.py)
+    if args.from_sd is not None:
+        denoiser = init_denoiser_from_sd(args.from_sd, cfg, mid_from_sd=args.mid_from_sd)
+        vae = init_vae_from_sd(args.from_sd, cfg)
+        provenance = {"init_from_sd": args.from_sd.name, "mid_from_sd": args.mid_from_sd}
+        save_model_folder(out, cfg, denoiser=denoiser, vae=vae, provenance=provenance)
+    else:
+        convert_official(out, stage1=args.stage1, vae=args.vae, cfg=cfg)
     logging.info("wrote %s", out)
     return 0
 

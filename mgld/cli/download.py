@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 from mgld.weights.hub import DEFAULT_REPO_ID, OFFICIAL_FILES, download_official, mgld_home
@@ -33,19 +32,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
     dest = args.dest or mgld_home()
     files = {role: getattr(args, f"{role}_file") for role in OFFICIAL_FILES}
-    try:
-        paths = download_official(dest / "official", args.repo_id, files)
-    except RuntimeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    # offline or a bad checkpoint: an exception, one line and exit 1 (cli/_errors.py)
+    paths = download_official(dest / "official", args.repo_id, files)
     if not args.no_convert:
         from mgld.weights.loading import convert_official
 
-        try:
-            out = convert_official(dest / "mgld-vsr", stage1=paths["stage1"], vae=paths["vae"])
-        except (FileNotFoundError, ValueError, RuntimeError, KeyError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
+        out = convert_official(dest / "mgld-vsr", stage1=paths["stage1"], vae=paths["vae"])
         logging.info("converted weights in %s (RAFT: %s); fallback RAFT weights in %s", out,
                      "flow.safetensors" if (out / "flow.safetensors").is_file() else "none", paths["raft"])
     return 0

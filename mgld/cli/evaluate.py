@@ -85,31 +85,31 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         write_pictures,
         write_report,
     )
-    from mgld.weights.checkpoints import CheckpointError
 
     settings = EvalSettings(
         metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()), crop_border=args.crop_border,
         y_channel=args.y_channel, device=args.device, batch_size=args.batch_size, flow=args.flow,
         flow_from=args.warp_flow_from, raft_weights=args.raft_weights)
-    try:  # everything that can be checked is checked before any metric is computed
-        if args.out:
-            try:
-                check_output_dir(args.out)
-            except ValueError as err:
-                raise ValueError(f"--out {err}") from None
-        inputs = prepare(preds, args.gt, settings, args.lr)
-        check_profile(inputs, args.profile_row, args.profile_col)
-        report = evaluate(preds, args.gt, settings, progress=not args.quiet, lr=args.lr, inputs=inputs)
-    except (ValueError, OSError, CheckpointError) as err:
-        raise SystemExit(f"error: {err}") from None
+    # everything that can be checked is checked before any metric is computed; a failure is an exception,
+    # one line and exit 1 (cli/_errors.py)
+    if args.out:
+        try:
+            check_output_dir(args.out)
+        except ValueError as err:
+            raise ValueError(f"--out {err}") from err
+    inputs = prepare(preds, args.gt, settings, args.lr)
+    check_profile(inputs, args.profile_row, args.profile_col)
+    report = evaluate(preds, args.gt, settings, progress=not args.quiet, lr=args.lr, inputs=inputs)
     print(markdown_table(report))
     if args.out:
         try:
             files = write_report(report, args.out)
             pictures = write_pictures(report, preds, args.gt, args.out, args.profile_row, args.profile_col,
                                       inputs=inputs)
-        except (ValueError, OSError) as err:
-            raise SystemExit(f"error: writing the report to {args.out}: {err}") from None
+        except ValueError as err:
+            raise ValueError(f"writing the report to {args.out}: {err}") from err
+        except OSError as err:
+            raise OSError(f"writing the report to {args.out}: {err}") from err
         print(f"report: {files['table'].parent} ({len(files)} files, {len(pictures)} pictures)")
     if report.failures:
         print(f"error: {len(report.failures)} metric computation(s) failed; the other results are complete:",

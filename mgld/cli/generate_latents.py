@@ -38,9 +38,17 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     parser.add_argument("--input", required=True, metavar="DIR", help="GT sequence folders (<seq>/<frame>.png)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (becomes data.generated_root)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the per-segment degradation")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--device", default=None,
+                        help="auto, cpu, cuda, cuda:1, ...; sets infer.device (not given: the config's, an "
+                             "infer.device=... override wins over the flag)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (sampling.steps=50 ...)")
     return parser.parse_args(argv)
+
+
+def config_overrides(args: argparse.Namespace) -> list[str]:
+    """The flags as overrides first, then the user's, which win (as in mgld infer)."""
+    flags = [f"infer.device={args.device}"] if args.device is not None else []
+    return flags + list(args.overrides)
 
 
 def build_pipeline(cfg, weights: str | None, vae_path: str | None):
@@ -83,8 +91,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from mgld.training.config import Stage1TrainConfig, load_train_config
     from mgld.training.latents import generate_latents
 
-    overrides = [*args.overrides, f"infer.device={args.device}"]
-    cfg = load_train_config(args.config, overrides)
+    cfg = load_train_config(args.config, config_overrides(args))
     if not isinstance(cfg, Stage1TrainConfig):
         raise SystemExit(f"{args.config}: expected a stage-1 training config")
     pipe = build_pipeline(cfg, args.weights, args.vae)

@@ -222,15 +222,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if args.print_config:
         print(to_yaml(cfg))
         return 0
-    from mgld.io.sequences import InputError
     from mgld.pipeline.runner import run  # after the config checks, so that a bad config fails at once
 
-    try:
-        summary = run(cfg, args.input, args.output, progress=not args.quiet, keep_going=args.keep_going,
-                      allow_truncated=args.allow_truncated, shard=args.shard or (0, 1))
-    except (InputError, FileNotFoundError, ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    # bad input, missing weights: an exception, one line and exit 1 (cli/_errors.py), a traceback with --debug
+    summary = run(cfg, args.input, args.output, progress=not args.quiet, keep_going=args.keep_going,
+                  allow_truncated=args.allow_truncated, shard=args.shard or (0, 1))
     logging.info("done: %d sequence(s), %d frames written, %d already present", summary.sequences,
                  summary.frames_written, summary.frames_skipped)
     for name, message in summary.failed:

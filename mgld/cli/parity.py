@@ -34,14 +34,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from mgld.parity import CHECKS, checked_files, format_table, run_checks
 
     only = [s.strip() for s in args.only.split(",")] if args.only else None
-    try:
-        results = run_checks(args.fixture_dir, only)
-    except (FileNotFoundError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    # a missing folder or fixture, an unknown --only check: an exception, one line and exit 1 (cli/_errors.py)
+    results = run_checks(args.fixture_dir, only)
     if not results:
-        print(f"error: {args.fixture_dir} holds none of the known fixtures {sorted(CHECKS)}", file=sys.stderr)
-        return 2
+        raise FileNotFoundError(f"{args.fixture_dir} holds none of the known fixtures {sorted(CHECKS)}")
     print(format_table(results, args.tolerance))
     unchecked = sorted(
         p.name for p in args.fixture_dir.iterdir()

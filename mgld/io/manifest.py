@@ -106,7 +106,11 @@ def read_json(path: Path) -> dict | None:
 
 def read_record(path: Path) -> RunRecord | None:
     """The :class:`RunRecord` stored in a manifest or sidecar file, or None (missing, unreadable, other format)."""
-    data = read_json(path)
+    return parse_record(read_json(path))
+
+
+def parse_record(data: dict | None) -> RunRecord | None:
+    """:func:`read_record` of a file already read with :func:`read_json`."""
     if data is None or data.get("format") != FORMAT:
         return None
     try:
@@ -166,14 +170,16 @@ class FrameRecords:
 
     def __post_init__(self) -> None:
         self.folder = Path(self.folder)
-        self.old = read_record(self.manifest_path)
+        manifest = read_json(self.manifest_path)  # read once: the record and the recorded sizes
+        self.old = parse_record(manifest)
         if not self.overwrite:
-            self.sizes.update(self._load())
+            self.sizes.update(self._load(manifest or {}))
 
-    def _load(self) -> dict[str, int]:
-        """Sizes of the frames recorded under the current digest, from the manifest and every journal."""
+    def _load(self, manifest: dict | None = None) -> dict[str, int]:
+        """Sizes of the frames recorded under the current digest, from the manifest (``manifest``: its contents
+        already read) and every journal."""
         digest, sizes = self.record.digest, {}
-        data = read_json(self.manifest_path) or {}
+        data = manifest if manifest is not None else read_json(self.manifest_path) or {}
         if data.get("run") == digest:
             sizes.update({str(k): int(v) for k, v in (data.get("frames") or {}).items()})
         for journal in sorted(self.dir.glob("journal-*.jsonl")) if self.dir.is_dir() else []:

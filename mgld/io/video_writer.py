@@ -46,7 +46,7 @@ import torch
 
 from mgld.io.atomic import TEMP_SUFFIX, atomic_write, remove_temporaries
 from mgld.io.frames import InputError, OutputError, ensure_writable, quantize_frame, remove_created
-from mgld.io.manifest import RunRecord, check_existing, dumps, read_json, read_record
+from mgld.io.manifest import RunRecord, check_existing, dumps, parse_record, read_json, read_record
 
 logger = logging.getLogger(__name__)
 
@@ -141,9 +141,8 @@ class VideoWriter:
             segments = _fixed_segments(self.num_frames, segment_frames)
         self.segments, self.segment_frames = list(segments), segment_frames
         self._starts = [a for a, _ in self.segments]
-        if self.width % 2 or self.height % 2:
-            if codec == "h264":
-                logger.warning("%s: odd frame size %dx%d padded to even by edge replication", self.path, width, height)
+        if (self.width % 2 or self.height % 2) and codec == "h264":
+            logger.warning("%s: odd frame size %dx%d padded to even by edge replication", self.path, width, height)
         self._audio_mode = _audio_mode(self.audio_source, _CONTAINER_FORMATS[self.path.suffix.lower()])
         self._start = Fraction(pts[0]) * self.time_base if pts else None  # source time of the output's 0
         self.encoder = self._encoder_settings()
@@ -339,9 +338,9 @@ class VideoWriter:
 
     def _output_complete(self) -> bool:
         """The output file is this run's finished video: sidecar digest, byte size and frame count match."""
-        data = read_json(sidecar_path(self.path)) or {}
-        old = read_record(sidecar_path(self.path))
-        video = data.get("video") or {}
+        data = read_json(sidecar_path(self.path))  # read once: the record and the video's size and frames
+        old = parse_record(data)
+        video = (data or {}).get("video") or {}
         if old is None or old.digest != self.record.digest or not self.path.is_file():
             return False
         if self.path.stat().st_size != video.get("size"):

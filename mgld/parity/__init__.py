@@ -23,7 +23,8 @@ def run_checks(fixture_dir: str | Path, only: list[str] | None = None) -> dict[s
     """Run every registered check whose fixture file exists in ``fixture_dir``.
 
     Returns ``{check name: rows}``. Raises ``FileNotFoundError`` when the folder or its ``config.json`` is
-    missing, or when ``only`` names a check whose fixture files are not there.
+    missing, or when ``only`` names a check whose fixture files are not there; ``ValueError`` when ``only``
+    names a check that is not registered.
     """
     fixture_dir = Path(fixture_dir)
     config_path = fixture_dir / "config.json"
@@ -35,7 +36,7 @@ def run_checks(fixture_dir: str | Path, only: list[str] | None = None) -> dict[s
     results: dict[str, list[ParityRow]] = {}
     for name in names:
         if name not in CHECKS:
-            raise KeyError(f"no parity check is registered for {name!r}; known: {sorted(CHECKS)}")
+            raise ValueError(f"no parity check is registered for {name!r}; known: {sorted(CHECKS)}")
         fn, files = CHECKS[name]
         missing = [f for f in files if not (fixture_dir / f).exists()]
         if missing:

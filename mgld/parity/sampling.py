@@ -30,7 +30,7 @@ def check_schedule(path: Path, config: dict) -> list[ParityRow]:
             raise NotImplementedError(f"{path.name}: {key}={ref[key]} (only {value} is supported)")
     timestep_keys = [key for key in ref if key.startswith("timesteps_")]
     if len(timestep_keys) != 1:
-        raise KeyError(f"{path.name}: expected one timesteps_<N> entry, found {timestep_keys}")
+        raise ValueError(f"{path.name}: expected one timesteps_<N> entry, found {timestep_keys}")
     num_steps = int(ref.get("ddpm_steps", timestep_keys[0].removeprefix("timesteps_")))
     scheduler = make_scheduler(num_steps)
     schedule = RespacedSchedule.from_scheduler(scheduler)

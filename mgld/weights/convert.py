@@ -33,9 +33,7 @@ from mgld.weights.hub import STAGE1_RAFT_PREFIX
 
 UNET_PREFIX = "model.diffusion_model."
 COND_ENCODER_PREFIX = "structcond_stage_model."
-OPENCLIP_PREFIX = "cond_stage_model.model."
 FIRST_STAGE_PREFIX = "first_stage_model."
-RAFT_PREFIX = STAGE1_RAFT_PREFIX
 
 # MGLD middle-block index -> SD middle-block index (the spatial ResNets and transformer)
 _MID_SD_SLOT = {0: 0, 2: 1, 4: 2}
@@ -204,13 +202,13 @@ def official_raft_state_dict(ckpt_sd: dict) -> dict | None:
     """
     from mgld.flow import convert_raft_things_state_dict
 
-    raft_sd = strip_prefix(ckpt_sd, RAFT_PREFIX)
+    raft_sd = strip_prefix(ckpt_sd, STAGE1_RAFT_PREFIX)
     if not raft_sd:
         return None
     try:
         return convert_raft_things_state_dict(raft_sd)
     except ValueError as err:
-        raise ConversionError(f"the {RAFT_PREFIX}* tensors: {err}") from None
+        raise ConversionError(f"the {STAGE1_RAFT_PREFIX}* tensors: {err}") from None
 
 
 def official_vae_state_dict(ckpt_sd: dict, cfg) -> dict:

@@ -26,6 +26,7 @@ from mgld.config import ModelConfig
 from mgld.models import MGLDDenoiser, TemporalVAE, build_denoiser, build_vae
 from mgld.weights import checkpoints as ckpt
 from mgld.weights import convert
+from mgld.weights.hub import STAGE1_RAFT_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -145,12 +146,12 @@ def convert_official(
             from torchvision.models.optical_flow import raft_large
 
             with torch.device("meta"):
-                ckpt.check_state_dict(raft_large(weights=None), raft, f"{stage1} ({convert.RAFT_PREFIX}*)")
+                ckpt.check_state_dict(raft_large(weights=None), raft, f"{stage1} ({STAGE1_RAFT_PREFIX}*)")
             parts["flow"] = raft
-            provenance["flow"] = f"{Path(stage1).name}: {convert.RAFT_PREFIX}* (RAFT, torchvision raft_large names)"
+            provenance["flow"] = f"{Path(stage1).name}: {STAGE1_RAFT_PREFIX}* (RAFT, torchvision raft_large names)"
         else:
             log.warning("%s holds no %s* (RAFT) tensors: no %s written; inference will use raft-things.pth",
-                        stage1, convert.RAFT_PREFIX, ckpt.FLOW_FILE)
+                        stage1, STAGE1_RAFT_PREFIX, ckpt.FLOW_FILE)
             stale = Path(out) / ckpt.FLOW_FILE
             if stale.is_file():
                 stale.unlink()
