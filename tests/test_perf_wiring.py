@@ -12,6 +12,7 @@ import torch
 import mgld.diffusion.sampling as sampling_module
 import mgld.pipeline.pipeline as P
 from conftest import ROOT
+from infer_helpers import Counting, nontrivial
 from mgld.config import load_config
 from mgld.diffusion.clip_noise import frame_noise_on_device
 from mgld.diffusion.noise import FrameNoise
@@ -34,13 +35,7 @@ def nets():
     model = load_config(TINY).model
     torch.manual_seed(0)
     den, vae = build_denoiser(model), build_vae(model)
-    for net in (den, vae):
-        for p in net.parameters():
-            if p.numel() == 1:
-                p.data.fill_(0.5)
-            elif not p.abs().sum():
-                p.data.normal_(0, 0.05)
-    return den.eval(), vae.eval()
+    return nontrivial(den), nontrivial(vae)
 
 
 def _cfg(overrides):
@@ -56,19 +51,6 @@ def _run(nets, overrides, lr=None, **kwargs):
     pipe = MGLDPipeline(den, vae, _cfg(overrides))
     lr = _lr() if lr is None else lr
     return pipe.upscale_clip(lr, list(range(len(lr))), **kwargs).frames
-
-
-class Counting(torch.nn.Module):
-    """The denoiser, counting its calls by input shape."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner, self.shapes = inner, Counter()
-
-    def forward(self, x, t, z, num_frames, context=None, cond=None):
-        if x.device.type != "meta":  # not the memory count of tile_batch=auto
-            self.shapes[tuple(x.shape)] += 1
-        return self.inner(x, t, z, num_frames, context, cond)
 
 
 class CountingVAE(torch.nn.Module):
