@@ -28,9 +28,10 @@ KEYS_DIR = ROOT / "tests" / "fixtures" / "keys"
 @pytest.fixture(scope="session")
 def tiny_model_cfg():
     """The ``model`` section of configs/tiny.yaml."""
+    from infer_helpers import TINY
     from mgld.config import load_config
 
-    return load_config(ROOT / "configs" / "tiny.yaml").model
+    return load_config(TINY).model
 
 
 @pytest.fixture(scope="session")
