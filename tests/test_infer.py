@@ -19,7 +19,7 @@ from mgld.io.sequences import FrameWriter, InputError
 from mgld.pipeline.pipeline import MGLDPipeline
 from mgld.pipeline.runner import run
 from mgld.weights.checkpoints import CheckpointError, save_model_folder
-from test_video_io import H, W, make_video, read_video, save_frames
+from video_helpers import H, W, make_video, read_video, save_frames, write_clip
 
 
 def test_frame_folder_to_frames_same_names_4x(tmp_path, cfg, pipe):
@@ -230,11 +230,9 @@ def test_sixteen_bit_png_and_rounding(tmp_path, cfg, pipe):
 
 
 def test_vfr_video_keeps_its_timestamps_audio_and_rotation(tmp_path, cfg, pipe):
-    from test_video_io import _write_clip
-
     src = tmp_path / "vfr.mp4"
     pts = [0, 40, 80, 200, 240, 400, 440]
-    _write_clip(src, pts, rotation=-90, audio_seconds=0.48)
+    write_clip(src, pts, rotation=-90, audio_seconds=0.48)
     run(cfg, src, tmp_path / "out.mp4", pipe=pipe, progress=False)
     with av.open(str(tmp_path / "out.mp4")) as container:
         decoded = list(container.decode(video=0))

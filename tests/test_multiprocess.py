@@ -17,7 +17,7 @@ from conftest import ROOT
 from infer_helpers import NAMES, TINY, TINY_OVERRIDES, with_sections
 from mgld.pipeline.chunks import plan_chunks
 from mgld.pipeline.runner import Job, plan_units, run, split_work, written_range
-from test_video_io import make_video, save_frames
+from video_helpers import make_video, save_frames
 
 
 def _tree(folder):

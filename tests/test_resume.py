@@ -23,7 +23,7 @@ from infer_helpers import NAMES, TINY, pngs, with_sections
 from mgld.io.frames import InputError, OutputError
 from mgld.pipeline.pipeline import MGLDPipeline
 from mgld.pipeline.runner import run
-from test_video_io import H, W, make_video, read_video, save_frames
+from video_helpers import H, W, make_video, read_video, save_frames, write_clip
 
 
 def _no_model(monkeypatch):
@@ -180,10 +180,8 @@ def test_video_resumed_after_sigkill_equals_an_uninterrupted_one_byte_for_byte(t
 def test_truncated_faststart_video_is_caught_before_any_model(tmp_path, cfg, pipe, monkeypatch):
     """Before: a truncated mp4 with its index at the front ran as a shorter video, exit 0 (or failed at the last
     chunk after the work of the others)."""
-    from test_video_io import _write_clip
-
     full = tmp_path / "full.mp4"
-    _write_clip(full, [40 * i for i in range(20)], fmt_options={"movflags": "+faststart"})
+    write_clip(full, [40 * i for i in range(20)], fmt_options={"movflags": "+faststart"})
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(full.read_bytes()[: full.stat().st_size * 3 // 4])
     with monkeypatch.context() as m:
