@@ -1,5 +1,6 @@
-"""Shared test set-up: offline hubs, deterministic seeds, one-thread fixtures, the inference tests' tiny config and
-pipeline (their plain helpers: infer_helpers.py; the training tests': training_helpers.py)."""
+"""Shared test set-up: offline hubs, deterministic seeds, one-thread fixtures, the subprocesses' environment, the
+inference tests' tiny config and pipeline (their plain helpers: infer_helpers.py, video_helpers.py; the training
+tests': training_helpers.py)."""
 
 import contextlib
 import os
@@ -23,6 +24,16 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 ORACLE_DIR = ROOT / "tests" / "fixtures" / "oracle"
 KEYS_DIR = ROOT / "tests" / "fixtures" / "keys"
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment of the tests' subprocesses: this one's, with one OpenMP thread, the Hugging Face hub offline,
+    the repository first on PYTHONPATH (then any existing entries) and MGLD_DEBUG dropped; ``extra`` set last."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env.pop("MGLD_DEBUG", None)
+    env.update(extra)
+    return env
 
 
 @pytest.fixture(scope="session")

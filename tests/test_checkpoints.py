@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import KEYS_DIR, ROOT, load_oracle
+from conftest import KEYS_DIR, ROOT, load_oracle, subprocess_env
 from mgld.config import ModelConfig
 from mgld.models import build_denoiser, build_vae
 from mgld.weights.checkpoints import (
@@ -307,9 +307,7 @@ def test_scripts_help(script):
 
 
 def test_convert_script_and_offline_download_message(tmp_path, oracle_cfg):
-    import os
-
-    env = dict(os.environ, HF_HUB_OFFLINE="1", MGLD_HOME=str(tmp_path / "home"))
+    env = subprocess_env(MGLD_HOME=str(tmp_path / "home"))
     out = _script("scripts/download_weights.py", env=env)
     assert out.returncode == 1
     assert "mgldvsr_unet.ckpt" in out.stderr and str(tmp_path / "home" / "official") in out.stderr

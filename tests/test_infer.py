@@ -1,6 +1,5 @@
 """End-to-end inference on disk (tiny random networks): input/output kinds, resume, bad inputs, the CLI."""
 
-import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, subprocess_env
 from infer_helpers import NAMES, TINY, pngs, with_sections
 from mgld.config import load_config
 from mgld.io.sequences import FrameWriter, InputError
@@ -143,16 +142,15 @@ def test_checkpoint_that_does_not_fit_the_config(tmp_path, cfg, pipe):
 
 
 def test_cli_smoke_on_the_sample_clip(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "scripts/infer.py", "--config", str(TINY), "--input", "mgld/assets/sample_lr",
            "--output", str(tmp_path / "sr"), "--steps", "1", "--quiet"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=subprocess_env())
     assert out.returncode == 0, out.stderr
     assert "RANDOM WEIGHTS" in out.stderr
     assert len(pngs(tmp_path / "sr")) == len(pngs(ROOT / "mgld/assets/sample_lr"))
     bad = subprocess.run([sys.executable, "scripts/infer.py", "--config", str(TINY), "--input",
                           str(tmp_path / "missing"), "--output", str(tmp_path / "x")],
-                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+                         capture_output=True, text=True, timeout=300, cwd=ROOT, env=subprocess_env())
     assert bad.returncode == 1 and "missing" in bad.stderr and "Traceback" not in bad.stderr
 
 
