@@ -36,6 +36,11 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def millions(params) -> float:
+    """The number of elements in ``params``, in millions, to 2 decimals."""
+    return round(sum(p.numel() for p in params) / 1e6, 2)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_cfg():
     """The ``model`` section of configs/tiny.yaml."""

@@ -299,13 +299,6 @@ def _script(*args, env=None):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
 
 
-@pytest.mark.parametrize("script", ["convert_checkpoint.py", "download_weights.py", "check_parity.py"])
-def test_scripts_help(script):
-    out = _script(f"scripts/{script}", "--help")
-    assert out.returncode == 0, out.stderr
-    assert "usage:" in out.stdout
-
-
 def test_convert_script_and_offline_download_message(tmp_path, oracle_cfg):
     env = subprocess_env(MGLD_HOME=str(tmp_path / "home"))
     out = _script("scripts/download_weights.py", env=env)

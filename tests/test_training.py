@@ -20,6 +20,7 @@ from pytorch_lightning.callbacks import Callback
 from torch.utils.data import default_collate
 
 from conftest import ROOT
+from conftest import millions as _millions
 from mgld.config import load_config
 from mgld.io.frames import InputError
 from mgld.models import build_denoiser, build_vae
@@ -229,10 +230,6 @@ def test_stage2_overfits_a_fixed_batch(data, tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 # Full size, errors, CLI
 # ---------------------------------------------------------------------------------------------------------
-
-
-def _millions(params) -> float:
-    return round(sum(p.numel() for p in params) / 1e6, 2)
 
 
 def test_full_size_systems_train_the_spec_parameters():
