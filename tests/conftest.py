@@ -1,6 +1,6 @@
 """Shared test set-up: offline hubs, deterministic seeds, one-thread fixtures, the subprocesses' environment, the
-inference tests' tiny config and pipeline (their plain helpers: infer_helpers.py, video_helpers.py; the training
-tests': training_helpers.py)."""
+inference tests' tiny config and pipeline, the training tests' data (plain helpers: infer_helpers.py,
+video_helpers.py, training_helpers.py)."""
 
 import contextlib
 import os
@@ -107,6 +107,16 @@ def pipe(cfg):
     from mgld.pipeline.pipeline import MGLDPipeline
 
     return MGLDPipeline.from_config(cfg)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """The training tests' data, one copy per module: ``training_helpers.write_training_data`` (2 moving-texture
+    sequences x 10 frames of 32x32, 20 clips, with bicubic LQ frames and random latents; a module may define its
+    own ``data``)."""
+    from training_helpers import write_training_data
+
+    return write_training_data(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture

@@ -30,17 +30,11 @@ from mgld.training.config import load_train_config
 from mgld.training.data import write_synthetic_sequences
 from mgld.training.runner import prepare_run_dir
 from mgld.weights.checkpoints import CheckpointError, load_state_dict_file
-from training_helpers import tiny_config, write_training_data
+from training_helpers import tiny_config
 
 CONFIGS = ROOT / "configs"
 T = 5
 pytestmark = pytest.mark.usefixtures("one_thread_module")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """Moving-texture clips (2 sequences x 10 frames, 32x32) with bicubic LQ frames and random latents."""
-    return write_training_data(tmp_path_factory.mktemp("data"))
 
 
 class CaptureStart(Callback):

@@ -29,16 +29,10 @@ from mgld.training.checkpointing import (
     remove_stale_temporaries,
 )
 from mgld.weights.checkpoints import CheckpointError
-from training_helpers import TINY_STAGE, tiny_config, tiny_overrides, write_training_data
+from training_helpers import TINY_STAGE, tiny_config, tiny_overrides
 
 LOGGING = ("trainer.log_every_n_steps=1", "trainer.image_every_n_steps=0")  # scalars every step, no images
 pytestmark = pytest.mark.usefixtures("one_thread_module")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """2 sequences x 10 frames of 32x32 (20 clips) with bicubic LQ frames and random latents."""
-    return write_training_data(tmp_path_factory.mktemp("data"))
 
 
 def overrides(stage: int, data: Path, out: Path, *extra: str) -> list[str]:
