@@ -1,5 +1,6 @@
-"""Shared test set-up: offline hubs, deterministic seeds, one-thread fixtures, the inference tests' tiny config and
-pipeline (their plain helpers: infer_helpers.py; the training tests': training_helpers.py)."""
+"""Shared test set-up: offline hubs, deterministic seeds, one-thread fixtures, the subprocesses' environment, the
+inference tests' tiny config and pipeline, the training tests' data (plain helpers: infer_helpers.py,
+video_helpers.py, training_helpers.py)."""
 
 import contextlib
 import os
@@ -25,12 +26,28 @@ ORACLE_DIR = ROOT / "tests" / "fixtures" / "oracle"
 KEYS_DIR = ROOT / "tests" / "fixtures" / "keys"
 
 
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment of the tests' subprocesses: this one's, with one OpenMP thread, the Hugging Face hub offline,
+    the repository first on PYTHONPATH (then any existing entries) and MGLD_DEBUG dropped; ``extra`` set last."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env.pop("MGLD_DEBUG", None)
+    env.update(extra)
+    return env
+
+
+def millions(params) -> float:
+    """The number of elements in ``params``, in millions, to 2 decimals."""
+    return round(sum(p.numel() for p in params) / 1e6, 2)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_cfg():
     """The ``model`` section of configs/tiny.yaml."""
+    from infer_helpers import TINY
     from mgld.config import load_config
 
-    return load_config(ROOT / "configs" / "tiny.yaml").model
+    return load_config(TINY).model
 
 
 @pytest.fixture(scope="session")
@@ -90,6 +107,16 @@ def pipe(cfg):
     from mgld.pipeline.pipeline import MGLDPipeline
 
     return MGLDPipeline.from_config(cfg)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """The training tests' data, one copy per module: ``training_helpers.write_training_data`` (2 moving-texture
+    sequences x 10 frames of 32x32, 20 clips, with bicubic LQ frames and random latents; a module may define its
+    own ``data``)."""
+    from training_helpers import write_training_data
+
+    return write_training_data(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture

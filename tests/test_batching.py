@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 import torch
 
-from conftest import ROOT
+from infer_helpers import TINY, Counting, nontrivial
 from mgld.config import load_config
 from mgld.diffusion import batching, sampling
 from mgld.diffusion.batching import call_cost, plan_batches, predict_noise, resolve_tile_batch, tile_batch_for_pass
@@ -15,27 +15,10 @@ from mgld.models import build_denoiser
 @pytest.fixture(scope="module")
 def denoiser():
     torch.manual_seed(0)
-    net = build_denoiser(load_config(ROOT / "configs/tiny.yaml").model).eval().requires_grad_(False)
-    for p in net.parameters():  # the zero-initialised output layers and alphas, made non-trivial
-        if p.numel() == 1:
-            p.data.fill_(0.5)
-        elif not p.abs().sum():
-            p.data.normal_(0, 0.05)
-    return net
+    return nontrivial(build_denoiser(load_config(TINY).model))
 
 
-class Counting(torch.nn.Module):
-    def __init__(self, inner):
-        super().__init__()
-        self.inner, self.shapes = inner, Counter()
-
-    def forward(self, x, t, z, num_frames):
-        if x.device.type != "meta":  # not the memory count of tile_batch=auto
-            self.shapes[tuple(x.shape)] += 1
-        return self.inner(x, t, z, num_frames)
-
-
-def per_pixel(x, t, z, num_frames):
+def per_pixel(x, t, z, num_frames, context=None, cond=None):
     """A stand-in denoiser that works pixel by pixel: tiling must not change its output."""
     return 2 * x + z + t.float() / 1000
 
@@ -143,7 +126,7 @@ def test_no_host_synchronisation_in_the_tiled_prediction(denoiser):
             predict_noise(net, x, 480, z, 5, 16, 8, 3)
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    denoiser.cpu()
+            denoiser.cpu()
 
 
 def test_module_is_importable_from_the_diffusion_package():

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import KEYS_DIR, ROOT, load_oracle
+from conftest import KEYS_DIR, ROOT, load_oracle, subprocess_env
 from mgld.config import ModelConfig
 from mgld.models import build_denoiser, build_vae
 from mgld.weights.checkpoints import (
@@ -299,17 +299,8 @@ def _script(*args, env=None):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
 
 
-@pytest.mark.parametrize("script", ["convert_checkpoint.py", "download_weights.py", "check_parity.py"])
-def test_scripts_help(script):
-    out = _script(f"scripts/{script}", "--help")
-    assert out.returncode == 0, out.stderr
-    assert "usage:" in out.stdout
-
-
 def test_convert_script_and_offline_download_message(tmp_path, oracle_cfg):
-    import os
-
-    env = dict(os.environ, HF_HUB_OFFLINE="1", MGLD_HOME=str(tmp_path / "home"))
+    env = subprocess_env(MGLD_HOME=str(tmp_path / "home"))
     out = _script("scripts/download_weights.py", env=env)
     assert out.returncode == 1
     assert "mgldvsr_unet.ckpt" in out.stderr and str(tmp_path / "home" / "official") in out.stderr

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, subprocess_env
 from mgld.cli import COMMANDS, main
 from mgld.cli._errors import (
     EXIT_FAILED,
@@ -35,14 +35,8 @@ HEAVY = ("torch", "torchvision", "diffusers", "cv2", "av", "pytorch_lightning", 
          "matplotlib", "transformers", "basicsr")
 
 
-def _env(**extra) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), **extra)
-    env.pop("MGLD_DEBUG", None)
-    return env
-
-
 def _run(args, cwd=ROOT, timeout=120, **env):
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=_env(**env))
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=subprocess_env(**env))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -328,7 +322,7 @@ def _interrupt_when(cmd: list[str], ready: bytes, cwd: Path, delay: float = 0.0)
     """Run ``cmd``, send SIGINT once ``ready`` appears in its output (then ``delay`` s), return (status, output).
 
     SIGINT must be at its default in the child (a shell's background job would ignore it)."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(cmd, cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     chunks: list[bytes] = []
     reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: os.read(proc.stdout.fileno(), 4096), b"")))

@@ -5,6 +5,7 @@ import pytest
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from conftest import ROOT
+from infer_helpers import TINY
 from mgld.config import Config, ModelConfig, SamplingConfig, load_config, to_yaml
 
 
@@ -13,7 +14,7 @@ def test_full_size_yaml_equals_the_schema_defaults():
 
 
 def test_tiny_yaml_and_overrides():
-    cfg = load_config(ROOT / "configs/tiny.yaml", ["model.unet.temporal_alpha_init=0.25", "model.num_frames=3"])
+    cfg = load_config(TINY, ["model.unet.temporal_alpha_init=0.25", "model.num_frames=3"])
     assert cfg.model.unet.model_channels == 32
     assert cfg.model.unet.temporal_alpha_init == 0.25
     assert cfg.model.num_frames == 3
@@ -22,7 +23,7 @@ def test_tiny_yaml_and_overrides():
 
 def test_typo_names_the_key_and_suggests():
     with pytest.raises(ConfigKeyError, match="num_frame.*Did you mean.*num_frames"):
-        load_config(ROOT / "configs/tiny.yaml", ["model.num_frame=3"])
+        load_config(TINY, ["model.num_frame=3"])
 
 
 def test_wrong_type_is_refused():
@@ -32,7 +33,7 @@ def test_wrong_type_is_refused():
 
 def test_cross_field_validation():
     with pytest.raises(ValueError, match="cond_encoder.out_channels"):
-        load_config(ROOT / "configs/tiny.yaml", ["model.cond_encoder.out_channels=64"])
+        load_config(TINY, ["model.cond_encoder.out_channels=64"])
 
 
 def test_base_files_merge_underneath(tmp_path):
@@ -48,7 +49,7 @@ def test_missing_file_is_named(tmp_path):
 
 
 def test_to_yaml_round_trips(tmp_path):
-    cfg = load_config(ROOT / "configs/tiny.yaml")
+    cfg = load_config(TINY)
     (tmp_path / "saved.yaml").write_text(to_yaml(cfg))
     assert load_config(tmp_path / "saved.yaml", schema=Config) == cfg
 
@@ -69,7 +70,7 @@ def test_to_yaml_round_trips(tmp_path):
 def test_every_bad_inference_value_fails_at_load_naming_its_key(override):
     key = override.split("=")[0]
     with pytest.raises(ValueError, match=rf"^{re.escape(key)}: ") as err:
-        load_config(ROOT / "configs/tiny.yaml", [override])
+        load_config(TINY, [override])
     assert "\n" not in str(err.value)  # one line
 
 

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from conftest import ROOT
+from infer_helpers import TINY, nontrivial
 from mgld.config import load_config
 from mgld.models import build_denoiser, build_vae
 from mgld.models.efficiency import (
@@ -24,20 +24,11 @@ from mgld.models.efficiency import (
 )
 
 
-def _nontrivial(net):
-    for p in net.parameters():  # zero-initialised output layers and alphas, made non-trivial
-        if p.numel() == 1:
-            p.data.fill_(0.5)
-        elif not p.abs().sum():
-            p.data.normal_(0, 0.05)
-    return net.eval().requires_grad_(False)
-
-
 @pytest.fixture(scope="module")
 def nets():
     torch.manual_seed(0)
-    model = load_config(ROOT / "configs/tiny.yaml").model
-    return _nontrivial(build_denoiser(model)), _nontrivial(build_vae(model))
+    model = load_config(TINY).model
+    return nontrivial(build_denoiser(model)), nontrivial(build_vae(model))
 
 
 def _inputs():

@@ -172,7 +172,8 @@ def test_temporal_profile_of_a_translation_is_sheared():
         R.temporal_profile(frames, row=32)
 
 
-def test_evaluate_cli_writes_report_and_profiles(dataset, tmp_path, capsys):
+def test_evaluate_cli_writes_report_and_profiles(dataset, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))  # an empty torch hub cache: no LPIPS weights
     out = tmp_path / "report"
     code = _script("evaluate").main(["--pred", f"bicubic={dataset / 'bicubic'}", "--gt", str(dataset / "hr"),
                                      "--metrics", "psnr,ssim,lpips,flicker", "--out", str(out),
@@ -182,8 +183,8 @@ def test_evaluate_cli_writes_report_and_profiles(dataset, tmp_path, capsys):
     assert (out / "table.md").read_text() in printed
     assert {p.name for p in (out / "profiles").iterdir()} == {"000_row10.png", "011_row10.png"}
     assert (out / "plots" / "000.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    if "lpips" in json.loads((out / "report.json").read_text())["skipped"]:  # no weights cached
-        assert "LPIPS skipped: weights" in printed and "| n/a |" in printed
+    assert "lpips" in json.loads((out / "report.json").read_text())["skipped"]  # no weights cached
+    assert "LPIPS skipped: weights" in printed and "| n/a |" in printed
 
 
 def test_cli_help_lists_every_flag():

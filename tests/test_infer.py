@@ -1,6 +1,5 @@
 """End-to-end inference on disk (tiny random networks): input/output kinds, resume, bad inputs, the CLI."""
 
-import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -12,14 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, subprocess_env
 from infer_helpers import NAMES, TINY, pngs, with_sections
 from mgld.config import load_config
 from mgld.io.sequences import FrameWriter, InputError
 from mgld.pipeline.pipeline import MGLDPipeline
 from mgld.pipeline.runner import run
 from mgld.weights.checkpoints import CheckpointError, save_model_folder
-from test_video_io import H, W, make_video, read_video, save_frames
+from video_helpers import H, W, make_video, read_video, save_frames, write_clip
 
 
 def test_frame_folder_to_frames_same_names_4x(tmp_path, cfg, pipe):
@@ -143,16 +142,15 @@ def test_checkpoint_that_does_not_fit_the_config(tmp_path, cfg, pipe):
 
 
 def test_cli_smoke_on_the_sample_clip(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "scripts/infer.py", "--config", str(TINY), "--input", "mgld/assets/sample_lr",
            "--output", str(tmp_path / "sr"), "--steps", "1", "--quiet"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=subprocess_env())
     assert out.returncode == 0, out.stderr
     assert "RANDOM WEIGHTS" in out.stderr
     assert len(pngs(tmp_path / "sr")) == len(pngs(ROOT / "mgld/assets/sample_lr"))
     bad = subprocess.run([sys.executable, "scripts/infer.py", "--config", str(TINY), "--input",
                           str(tmp_path / "missing"), "--output", str(tmp_path / "x")],
-                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+                         capture_output=True, text=True, timeout=300, cwd=ROOT, env=subprocess_env())
     assert bad.returncode == 1 and "missing" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -230,11 +228,9 @@ def test_sixteen_bit_png_and_rounding(tmp_path, cfg, pipe):
 
 
 def test_vfr_video_keeps_its_timestamps_audio_and_rotation(tmp_path, cfg, pipe):
-    from test_video_io import _write_clip
-
     src = tmp_path / "vfr.mp4"
     pts = [0, 40, 80, 200, 240, 400, 440]
-    _write_clip(src, pts, rotation=-90, audio_seconds=0.48)
+    write_clip(src, pts, rotation=-90, audio_seconds=0.48)
     run(cfg, src, tmp_path / "out.mp4", pipe=pipe, progress=False)
     with av.open(str(tmp_path / "out.mp4")) as container:
         decoded = list(container.decode(video=0))

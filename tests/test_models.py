@@ -3,14 +3,11 @@
 import pytest
 import torch
 
+from conftest import millions
 from mgld.config import ModelConfig
 from mgld.models import build_denoiser, build_vae
 from mgld.models.temporal import TemporalConv, TemporalSelfAttention
 from mgld.models.unet import expand_context
-
-
-def _millions(params) -> float:
-    return round(sum(p.numel() for p in params) / 1e6, 2)
 
 
 def test_full_size_parameter_counts_match_the_spec():
@@ -18,14 +15,14 @@ def test_full_size_parameter_counts_match_the_spec():
         denoiser, vae = build_denoiser(ModelConfig()), build_vae(ModelConfig())
     groups = {g: [p for _, p in ps] for g, ps in denoiser.parameter_groups().items()}
     assert sum(p.numel() for p in denoiser.unet.parameters()) == 935_321_287
-    assert _millions(groups["sft"]) == 53.02
-    assert _millions(groups["temporal"]) == 16.39
-    assert _millions(groups["cond_encoder"]) == 52.49
+    assert millions(groups["sft"]) == 53.02
+    assert millions(groups["temporal"]) == 16.39
+    assert millions(groups["cond_encoder"]) == 52.49
     assert sum(p.numel() for p in groups["base"]) == 865_910_724  # exactly SD 2.1's UNet
     decoder = [p for n, p in vae.named_parameters() if n.startswith(("base.decoder.", "temporal.", "fusion."))]
     assert sum(p.numel() for p in decoder) == 80_810_128
-    assert _millions(vae.fusion.parameters()) == 25.07
-    assert _millions(vae.temporal.parameters()) == 6.25
+    assert millions(vae.fusion.parameters()) == 25.07
+    assert millions(vae.temporal.parameters()) == 6.25
     assert sum(isinstance(m, TemporalConv) for m in vae.modules()) == 13
     assert sum(isinstance(m, TemporalConv) for m in denoiser.modules()) == 2
 

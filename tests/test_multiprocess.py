@@ -4,7 +4,6 @@ Every input kind is split (a frame folder, a folder of sequences, one video in -
 equals one process's: bit-identical frames, and the same video bytes (so the same decoded frames and audio).
 """
 
-import os
 import subprocess
 import sys
 import time
@@ -13,11 +12,11 @@ import av
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import subprocess_env
 from infer_helpers import NAMES, TINY, TINY_OVERRIDES, with_sections
 from mgld.pipeline.chunks import plan_chunks
 from mgld.pipeline.runner import Job, plan_units, run, split_work, written_range
-from test_video_io import make_video, save_frames
+from video_helpers import make_video, save_frames
 
 
 def _tree(folder):
@@ -104,12 +103,11 @@ def test_two_cpu_processes_write_what_one_process_writes(tmp_path, cfg, pipe, on
     cfg = with_sections(cfg, output={"segment_frames": 4})
     source, out = _inputs(tmp_path, kind)
     run(cfg, source, tmp_path / "one" / out, pipe=pipe, progress=False)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "mgld", "infer", "--config", str(TINY), "--input", str(source), "--output",
            str(tmp_path / "two" / out), "--devices", "2", "--device", "cpu", "--quiet", *TINY_OVERRIDES,
            "output.segment_frames=4"]
     start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     wall = time.perf_counter() - start
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Starting with 2 processes" in done.stderr + done.stdout

@@ -11,7 +11,7 @@ import torch
 
 import mgld.diffusion.sampling as sampling_module
 import mgld.pipeline.pipeline as P
-from conftest import ROOT
+from infer_helpers import TINY, TWO_TILES, Counting, clip, nontrivial
 from mgld.config import load_config
 from mgld.diffusion.clip_noise import frame_noise_on_device
 from mgld.diffusion.noise import FrameNoise
@@ -19,11 +19,9 @@ from mgld.diffusion.tiling import blend_tiles, tile_boxes
 from mgld.models import build_denoiser, build_vae
 from mgld.pipeline.pipeline import MGLDPipeline
 
-TINY = ROOT / "configs" / "tiny.yaml"
 # LR 16x24 -> 64x96 px: pixel tiles at x = 0, 32 (64 px) with 2x2 latent tiles of 6 each (authors); in frame mode
 # two VAE tiles and 2x3 latent tiles over the 8x12 latent
-SMALL = ["sampling.steps=2", "decode.tile_size=64", "decode.tile_stride=48", "sampling.latent_tile_size=6",
-         "sampling.latent_tile_overlap=3"]
+SMALL = ["sampling.steps=2"] + TWO_TILES
 FRAME = SMALL + ["sampling.pixel_tiling=frame"]
 
 
@@ -34,41 +32,18 @@ def nets():
     model = load_config(TINY).model
     torch.manual_seed(0)
     den, vae = build_denoiser(model), build_vae(model)
-    for net in (den, vae):
-        for p in net.parameters():
-            if p.numel() == 1:
-                p.data.fill_(0.5)
-            elif not p.abs().sum():
-                p.data.normal_(0, 0.05)
-    return den.eval(), vae.eval()
+    return nontrivial(den), nontrivial(vae)
 
 
 def _cfg(overrides):
     return load_config(TINY, list(overrides))
 
 
-def _lr(t=5, h=16, w=24):
-    return torch.rand(t, 3, h, w, generator=torch.Generator().manual_seed(0))
-
-
 def _run(nets, overrides, lr=None, **kwargs):
     den, vae = nets
     pipe = MGLDPipeline(den, vae, _cfg(overrides))
-    lr = _lr() if lr is None else lr
+    lr = clip(5, 16, 24) if lr is None else lr
     return pipe.upscale_clip(lr, list(range(len(lr))), **kwargs).frames
-
-
-class Counting(torch.nn.Module):
-    """The denoiser, counting its calls by input shape."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner, self.shapes = inner, Counter()
-
-    def forward(self, x, t, z, num_frames, context=None, cond=None):
-        if x.device.type != "meta":  # not the memory count of tile_batch=auto
-            self.shapes[tuple(x.shape)] += 1
-        return self.inner(x, t, z, num_frames, context, cond)
 
 
 class CountingVAE(torch.nn.Module):
@@ -165,7 +140,7 @@ def test_tiles_batched_equal_one_tile_per_call_within_float_rounding(nets):
     for batch, calls in ((1, {(5, 4, 6, 6): 12}), (4, {(15, 4, 6, 6): 4}), ("auto", {(30, 4, 6, 6): 2})):
         counting.shapes.clear()
         pipe = MGLDPipeline(counting, vae, _cfg(FRAME + [f"sampling.tile_batch={batch}"]))
-        frames[batch] = pipe.upscale_clip(_lr(), list(range(5))).frames
+        frames[batch] = pipe.upscale_clip(clip(5, 16, 24), list(range(5))).frames
         assert counting.shapes == Counter(calls), batch  # 6 tiles x 2 steps: 1, 3 + 3, or all 6 per call
     assert torch.equal(frames[1], _run(nets, FRAME))
     for batch in (4, "auto"):
@@ -224,7 +199,7 @@ def test_bf16_casts_the_weights_once_with_fp32_norms(nets):
     assert den.unet.base.conv_in.weight.dtype == torch.bfloat16
     norm = vae.base.decoder.conv_norm_out
     assert type(norm).__name__ == "FP32GroupNorm" and norm.weight.dtype == torch.float32
-    out = pipe.upscale_clip(_lr(), list(range(5))).frames
+    out = pipe.upscale_clip(clip(5, 16, 24), list(range(5))).frames
     reference = _run(nets, FRAME)
     assert out.dtype == torch.float32 and 0 < (out - reference).abs().mean() < 0.02
     with pytest.raises(ValueError, match="cast_weights"):
@@ -235,7 +210,7 @@ def test_channels_last_changes_only_the_rounding(nets):
     den, vae = (copy.deepcopy(n) for n in nets)
     pipe = MGLDPipeline(den, vae, _cfg(FRAME + ["infer.channels_last=true"])).to("cpu")
     assert den.unet.base.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
-    out = pipe.upscale_clip(_lr(), list(range(5))).frames
+    out = pipe.upscale_clip(clip(5, 16, 24), list(range(5))).frames
     assert (out - _run(nets, FRAME)).abs().max() < 1e-4
 
 
@@ -265,7 +240,7 @@ def test_auto_vae_tile_follows_the_free_memory(nets, monkeypatch):
     import mgld.pipeline.memory as memory
 
     den, vae = nets
-    lr = _lr(5, 16, 80)
+    lr = clip(5, 16, 80)
     for budget, widths in ((10 * 2**30, [320]), (350e6, [256, 256])):  # 960 fits; then only 256 (stride 200)
         counting = CountingVAE(vae)
         monkeypatch.setattr(memory, "free_bytes", lambda device, budget=budget: int(budget))
@@ -284,14 +259,14 @@ def test_frame_mode_keeps_the_encoder_features_for_the_decode(nets, monkeypatch)
     for share in (P.FEATURES_SHARE, 0.0):
         monkeypatch.setattr(P, "FEATURES_SHARE", share)
         counting = CountingVAE(vae)
-        results[share] = MGLDPipeline(den, counting, _cfg(FRAME)).upscale_clip(_lr(), list(range(5))).frames
+        results[share] = MGLDPipeline(den, counting, _cfg(FRAME)).upscale_clip(clip(5, 16, 24), list(range(5))).frames
         assert len(counting.encodes) == (2 if share else 4)  # two VAE tiles: encoded once, or again to decode
     assert torch.equal(*results.values())
 
 
 def test_out_of_memory_retries_smaller_vae_tiles_in_frame_mode_and_names_the_knobs(nets, caplog):
     den, vae = nets
-    lr = _lr(5, 16, 80)
+    lr = clip(5, 16, 80)
     reference = _run(nets, WIDE + ["decode.tile_size=512", "decode.tile_stride=400"], lr=lr)
     counting = CountingVAE(vae, oom=1)
     pipe = MGLDPipeline(den, counting, _cfg(WIDE + ["decode.tile_size=512", "decode.tile_stride=400"]))
@@ -301,7 +276,7 @@ def test_out_of_memory_retries_smaller_vae_tiles_in_frame_mode_and_names_the_kno
     assert torch.equal(out, reference)  # 384 px still covers the 64x320 frame in one tile
     authors = MGLDPipeline(den, CountingVAE(vae, oom=1), _cfg(SMALL))
     with pytest.raises(MemoryError, match="VAE decode of a pixel tile.*infer.offload=model.*decode.tile_size=auto"):
-        authors.upscale_clip(_lr(), list(range(5)))
+        authors.upscale_clip(clip(5, 16, 24), list(range(5)))
 
 
 # --------------------------------------------------------------------------- the step loop on a GPU

@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from conftest import ROOT
+from infer_helpers import TINY, TWO_TILES, clip
 from mgld.config import load_config
 from mgld.diffusion.guidance import warping_loss
 from mgld.diffusion.noise import FrameNoise
@@ -18,17 +18,10 @@ from mgld.pipeline.chunks import plan_chunks
 from mgld.pipeline.pipeline import MGLDPipeline
 from mgld.weights.checkpoints import save_model_folder
 
-TINY = ROOT / "configs" / "tiny.yaml"
-
 
 @pytest.fixture(scope="module")
 def pipe():
     return MGLDPipeline.from_config(TINY, ["sampling.steps=2"])
-
-
-def _clip(t=5, h=24, w=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(t, 3, h, w, generator=g)
 
 
 @pytest.mark.parametrize("n,frames,overlap,starts", [
@@ -57,7 +50,7 @@ def test_the_tail_clip_holds_the_remaining_frames_by_default_as_the_authors():
 
 
 def test_a_short_tail_clip_is_sampled_with_its_last_frame_repeated(pipe):
-    lr = _clip(7, 8, 8)
+    lr = clip(7, 8, 8)
     out = pipe(lr, progress_bar=False)
     tail = pipe.upscale_clip(lr[5:], [5, 6]).frames  # padded inside to 5 frames (short_sequences=repeat)
     assert torch.equal(out[5:], tail) and out.shape[0] == 7
@@ -65,7 +58,7 @@ def test_a_short_tail_clip_is_sampled_with_its_last_frame_repeated(pipe):
 
 @pytest.mark.parametrize("h,w", [(7, 9), (13, 21), (24, 32)])
 def test_output_is_exactly_four_times_the_input(pipe, h, w):
-    out = pipe(_clip(2, h, w))
+    out = pipe(clip(2, h, w))
     assert out.shape == (2, 3, 4 * h, 4 * w)
     assert 0 <= out.min() and out.max() <= 1
 
@@ -73,14 +66,14 @@ def test_output_is_exactly_four_times_the_input(pipe, h, w):
 def test_short_side_upsampling_then_exact_4x(pipe):
     small = replace(pipe.config, infer=replace(pipe.config.infer, min_short_side=96))
     p = MGLDPipeline(pipe.denoiser, pipe.vae, small)
-    lr = _clip(2, 12, 20)
+    lr = clip(2, 12, 20)
     up, s = p.preprocess(lr)
     assert s == 8.0 and up.shape[-2:] == (96, 160)
     assert p(lr).shape == (2, 3, 48, 80)
 
 
 def test_deterministic_per_seed_and_per_frame(pipe):
-    lr = _clip(8)
+    lr = clip(8, 24, 32)
     a, b = pipe(lr), pipe(lr)
     assert torch.equal(a, b)
     assert not torch.equal(pipe(lr, seed=7), a)
@@ -88,7 +81,7 @@ def test_deterministic_per_seed_and_per_frame(pipe):
 
 
 def test_overlap_mode_shares_and_crossfades(pipe):
-    lr = _clip(8)
+    lr = clip(8, 24, 32)
     independent = pipe(lr)
     cfg = replace(pipe.config, chunk=replace(pipe.config.chunk, overlap=2))
     overlapped = MGLDPipeline(pipe.denoiser, pipe.vae, cfg)
@@ -102,8 +95,8 @@ def test_guidance_off_needs_no_flow_weights(pipe):
     cfg = replace(pipe.config, flow=replace(pipe.config.flow, method="raft", weights="/nonexistent/raft.pth"))
     p = MGLDPipeline(pipe.denoiser, pipe.vae, cfg)
     with pytest.raises(FileNotFoundError, match="raft.pth"):
-        p(_clip(2))
-    assert p(_clip(2), guidance_scale=0).shape == (2, 3, 96, 128)
+        p(clip(2, 24, 32))
+    assert p(clip(2, 24, 32), guidance_scale=0).shape == (2, 3, 96, 128)
 
 
 def test_fp16_without_cuda_is_refused_before_any_network_is_built(pipe, monkeypatch):
@@ -117,7 +110,7 @@ def test_fp16_without_cuda_is_refused_before_any_network_is_built(pipe, monkeypa
         MGLDPipeline.from_config(TINY, ["infer.device=auto", "infer.precision=bf16"])
     cfg = replace(pipe.config, infer=replace(pipe.config.infer, device="auto", precision="fp16"))
     with pytest.raises(ValueError, match="needs a CUDA device"):  # a pipeline moved to the CPU afterwards
-        MGLDPipeline(pipe.denoiser, pipe.vae, cfg)(_clip(2), progress_bar=False)
+        MGLDPipeline(pipe.denoiser, pipe.vae, cfg)(clip(2, 24, 32), progress_bar=False)
 
 
 def test_corrected_guidance_lowers_the_latent_warping_error(tiny_model_cfg):
@@ -143,7 +136,7 @@ def test_from_pretrained_loads_a_converted_folder(tmp_path, pipe):
     save_model_folder(tmp_path, pipe.config.model, denoiser=pipe.denoiser, vae=pipe.vae)
     loaded = MGLDPipeline.from_pretrained(tmp_path, TINY)
     loaded.config = replace(loaded.config, sampling=pipe.config.sampling)
-    lr = _clip(3)
+    lr = clip(3, 24, 32)
     torch.testing.assert_close(loaded(lr), pipe(lr))
 
 
@@ -168,7 +161,7 @@ def test_python_api_accepts_pil_and_numpy(pipe):
 
 
 def test_generator_seeds_like_seed(pipe):
-    lr = _clip(2)
+    lr = clip(2, 24, 32)
     torch.testing.assert_close(pipe(lr, generator=torch.Generator().manual_seed(7)), pipe(lr, seed=7))
 
 
@@ -233,12 +226,8 @@ class _Recorder:
         return out
 
 
-TWO_TILES = ["decode.tile_size=64", "decode.tile_stride=48", "sampling.latent_tile_size=6",
-             "sampling.latent_tile_overlap=3"]  # LR 16x24 -> 64x96: pixel tiles at x = 0, 32; 2x2 latent tiles each
-
-
 def test_authors_tiling_on_a_one_tile_frame_equals_frame_mode_bit_for_bit(pipe):
-    lr = _clip(5, 20, 28)  # -> 80x112, padded (authors' rule) to 96x128: one 256-px tile
+    lr = clip(5, 20, 28)  # -> 80x112, padded (authors' rule) to 96x128: one 256-px tile
     authors = MGLDPipeline(pipe.denoiser, pipe.vae, pipe.config)
     frame = MGLDPipeline(pipe.denoiser, pipe.vae, _with(pipe.config, ["sampling.pixel_tiling=frame"]))
     assert authors.num_passes(20, 28) == frame.num_passes(20, 28) == 1
@@ -257,7 +246,7 @@ def test_authors_tiling_on_two_tiles_equals_an_independent_composition(pipe):
 
     cfg = _with(pipe.config, TWO_TILES)
     p = MGLDPipeline(pipe.denoiser, pipe.vae, cfg)
-    lr = _clip(5, 16, 24)
+    lr = clip(5, 16, 24)
     out = p(lr, progress_bar=False)
 
     boxes = [TileBox(0, 0, 64, 64), TileBox(0, 32, 64, 64)]
@@ -301,7 +290,7 @@ def test_noise_is_asked_per_tile_in_order_and_can_be_injected(pipe):
 
     cfg = _with(pipe.config, TWO_TILES)
     p = MGLDPipeline(pipe.denoiser, pipe.vae, cfg)
-    lr = _clip(5, 16, 24)
+    lr = clip(5, 16, 24)
     steps = cfg.sampling.steps
     frame_noise = _Recorder(FrameNoise(cfg.sampling.seed, list(range(5)), (4, 8, 12), steps))
     default = p.upscale_clip(lr, range(5)).frames
@@ -390,7 +379,7 @@ def test_crop_before_the_final_resize_uses_the_upsampled_size(pipe, monkeypatch)
     plan = p.tile_plan(100, 133)
     assert plan.upsampled_size == (512, 680) and plan.padded_size == (544, 704)
     monkeypatch.setattr(p, "_pass", lambda up, *a: (up, torch.zeros(up.shape[0], 4, 68, 88), {}))  # identity
-    lr = _clip(1, 100, 133)
+    lr = clip(1, 100, 133)
     out = p.upscale_clip(lr, [0]).frames
     up = F.interpolate(lr * 2 - 1, size=(512, 680), mode="bicubic", align_corners=False).clamp(-1, 1)
     expected = F.interpolate(((up + 1) / 2).clamp(0, 1), size=(400, 532), mode="bicubic",
@@ -402,7 +391,7 @@ def test_crop_before_the_final_resize_uses_the_upsampled_size(pipe, monkeypatch)
 def test_short_sequences_repeat_the_last_frame_up_to_the_clip_length(pipe):
     from mgld.diffusion.noise import FrameNoise
 
-    lr = _clip(2)
+    lr = clip(2, 24, 32)
     padded = torch.cat([lr, lr[-1:].expand(3, -1, -1, -1)])
     assert torch.equal(pipe(lr, progress_bar=False), pipe(padded, progress_bar=False)[:2])
     recorder = _Recorder(FrameNoise(42, list(range(5)), (4, 12, 16), 2))
@@ -423,7 +412,7 @@ def test_flow_runs_in_the_configured_autocast_at_the_configured_resolution(pipe,
             seen.append((tuple(ref.shape[-2:]), torch.is_autocast_enabled("cpu")))
             return torch.zeros(ref.shape[0], 2, *ref.shape[-2:])
 
-    lr = _clip(2, 16, 24)
+    lr = clip(2, 16, 24)
     for overrides, expected in (([], ((16, 24), True)), (["flow.precision=fp32"], ((16, 24), False)),
                                 (["flow.resolution=upsampled"], ((64, 96), True))):
         cfg = _with(pipe.config, overrides + ["infer.cast_weights=false"])
@@ -441,7 +430,7 @@ def test_bilinear_upsampling_is_torchvision_resize(pipe):
 
     p = MGLDPipeline(pipe.denoiser, pipe.vae, _with(pipe.config, ["infer.upsample_mode=bilinear",
                                                                   "infer.min_short_side=64"]))
-    lr = _clip(2, 16, 24)
+    lr = clip(2, 16, 24)
     up, s = p.preprocess(lr)
     assert s == 4.0 and up.shape[-2:] == (64, 96)
     expected = resize(lr * 2 - 1, [64, 96], InterpolationMode.BILINEAR, antialias=True).clamp(-1, 1)
@@ -457,7 +446,7 @@ def test_readme_snippet_on_a_saved_folder(tmp_path, pipe):
     from mgld import MGLDPipeline as Exported
 
     pipe_loaded = Exported.from_pretrained(folder)
-    lr_uint8 = (_clip(3, 16, 24) * 255).to(torch.uint8)
+    lr_uint8 = (clip(3, 16, 24) * 255).to(torch.uint8)
     frames = pipe_loaded(lr_uint8, num_inference_steps=2, seed=0)
     assert frames.shape == (3, 3, 64, 96) and frames.dtype == torch.float32
     cfg = pipe_loaded.config  # the inference sections came back: DIS flow, plain x4, tiny tiles
@@ -514,7 +503,7 @@ def test_frames_in_every_documented_layout_and_dtype(pipe):
 
     from mgld.pipeline.pipeline import to_frames_tensor
 
-    u8 = (_clip(2, 6, 7) * 255).to(torch.uint8)  # t 3 h w
+    u8 = (clip(2, 6, 7) * 255).to(torch.uint8)  # t 3 h w
     reference = u8.float() / 255
     thwc = u8.permute(0, 2, 3, 1).numpy()  # what PyAV / torchvision.io give
     layouts = [u8, thwc, torch.from_numpy(thwc), list(thwc), [Image.fromarray(a) for a in thwc], list(reference)]
@@ -532,7 +521,7 @@ def test_frames_in_every_documented_layout_and_dtype(pipe):
 
 def test_progress_bar_and_step_callback(pipe, capsys):
     infos = []
-    lr = _clip(6, 16, 24)  # chunks [0, 5) and [1, 6)
+    lr = clip(6, 16, 24)  # chunks [0, 5) and [1, 6)
     pipe(lr, callback=infos.append, progress_bar=False)
     assert capsys.readouterr().err == ""
     assert [(i["chunk"], i["step"], i["tile"], i["num_tiles"]) for i in infos] == [
@@ -551,7 +540,7 @@ def test_sampler_reports_through_one_callback_and_records_the_anchor(pipe):
     cfg = _with(pipe.config, ["chunk.overlap=2"])
     p = MGLDPipeline(pipe.denoiser, pipe.vae, cfg)
     seen = []
-    result = p.upscale_clip(_clip(5), range(5), record=2, callback=seen.append)
+    result = p.upscale_clip(clip(5, 24, 32), range(5), record=2, callback=seen.append)
     assert sorted(result.trajectory) == [0, 1]
     for info in seen:
         assert torch.equal(result.trajectory[info["step"]], info["latents"][-2:])
@@ -565,13 +554,13 @@ def test_anchor_trajectory_is_kept_per_pixel_tile(pipe):
     from mgld.diffusion.sampling import Anchor
 
     p = MGLDPipeline(pipe.denoiser, pipe.vae, _with(pipe.config, TWO_TILES + ["chunk.overlap=2"]))
-    first = p.upscale_clip(_clip(5, 16, 24), range(5), record=2)
+    first = p.upscale_clip(clip(5, 16, 24), range(5), record=2)
     assert sorted(first.trajectory) == [(t, k) for t in (0, 1) for k in (0, 1)]
     anchor = Anchor(first.trajectory, 1.0)
     assert sorted(anchor.for_tile(1).trajectory) == [0, 1]
-    second = p.upscale_clip(_clip(5, 16, 24, seed=1), range(3, 8), anchor=anchor)
+    second = p.upscale_clip(clip(5, 16, 24, seed=1), range(3, 8), anchor=anchor)
     assert second.frames.shape == (5, 3, 64, 96)
-    out = p(_clip(8, 16, 24), progress_bar=False)  # overlapping chunks through __call__
+    out = p(clip(8, 16, 24), progress_bar=False)  # overlapping chunks through __call__
     assert out.shape == (8, 3, 64, 96)
 
 
@@ -603,6 +592,6 @@ def test_cuda_fp16_authors_noise_and_flow_under_autocast(pipe):
     assert torch.equal(first, torch.randn(5, 4, 8, 8)) and torch.equal(x_t, torch.randn(5, 4, 8, 8, device="cuda"))
     p = MGLDPipeline(pipe.denoiser, pipe.vae, _with(pipe.config, TWO_TILES + ["infer.device=cuda",
                                                                              "infer.precision=fp16"])).to("cuda")
-    out = p(_clip(5, 16, 24), progress_bar=False)
+    out = p(clip(5, 16, 24), progress_bar=False)
     assert out.shape == (5, 3, 64, 96) and torch.isfinite(out).all()
     pipe.to("cpu")

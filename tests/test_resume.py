@@ -6,7 +6,6 @@ Each test reproduces a failure mode of the issue (the docstring says what happen
 
 import errno
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -18,12 +17,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, subprocess_env
 from infer_helpers import NAMES, TINY, pngs, with_sections
 from mgld.io.frames import InputError, OutputError
 from mgld.pipeline.pipeline import MGLDPipeline
 from mgld.pipeline.runner import run
-from test_video_io import H, W, make_video, read_video, save_frames
+from video_helpers import H, W, make_video, read_video, save_frames, write_clip
 
 
 def _no_model(monkeypatch):
@@ -157,9 +156,8 @@ def test_video_resumed_after_sigkill_equals_an_uninterrupted_one_byte_for_byte(t
     """Before: a resumed video differed from an uninterrupted one (up to 50 levels after decoding); the same frames
     encoded in three processes gave three files."""
     make_video(tmp_path / "in.mp4", 16, audio="aac")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     killed = subprocess.run([sys.executable, "-c", _KILLED_RUN, str(tmp_path / "in.mp4"), str(tmp_path / "a.mp4")],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                            cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     parts = sorted(p.name for p in (tmp_path / ".a.mp4.parts").iterdir())
     assert len([p for p in parts if p.endswith(".mp4")]) == 2 and not (tmp_path / "a.mp4").exists()
@@ -180,10 +178,8 @@ def test_video_resumed_after_sigkill_equals_an_uninterrupted_one_byte_for_byte(t
 def test_truncated_faststart_video_is_caught_before_any_model(tmp_path, cfg, pipe, monkeypatch):
     """Before: a truncated mp4 with its index at the front ran as a shorter video, exit 0 (or failed at the last
     chunk after the work of the others)."""
-    from test_video_io import _write_clip
-
     full = tmp_path / "full.mp4"
-    _write_clip(full, [40 * i for i in range(20)], fmt_options={"movflags": "+faststart"})
+    write_clip(full, [40 * i for i in range(20)], fmt_options={"movflags": "+faststart"})
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(full.read_bytes()[: full.stat().st_size * 3 // 4])
     with monkeypatch.context() as m:

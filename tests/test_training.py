@@ -20,6 +20,7 @@ from pytorch_lightning.callbacks import Callback
 from torch.utils.data import default_collate
 
 from conftest import ROOT
+from conftest import millions as _millions
 from mgld.config import load_config
 from mgld.io.frames import InputError
 from mgld.models import build_denoiser, build_vae
@@ -29,17 +30,11 @@ from mgld.training.config import OptimConfig, load_train_config
 from mgld.training.data import write_synthetic_sequences
 from mgld.training.runner import prepare_run_dir
 from mgld.weights.checkpoints import CheckpointError, load_state_dict_file
-from training_helpers import tiny_config, write_training_data
+from training_helpers import tiny_config
 
 CONFIGS = ROOT / "configs"
 T = 5
 pytestmark = pytest.mark.usefixtures("one_thread_module")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """Moving-texture clips (2 sequences x 10 frames, 32x32) with bicubic LQ frames and random latents."""
-    return write_training_data(tmp_path_factory.mktemp("data"))
 
 
 class CaptureStart(Callback):
@@ -229,10 +224,6 @@ def test_stage2_overfits_a_fixed_batch(data, tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 # Full size, errors, CLI
 # ---------------------------------------------------------------------------------------------------------
-
-
-def _millions(params) -> float:
-    return round(sum(p.numel() for p in params) / 1e6, 2)
 
 
 def test_full_size_systems_train_the_spec_parameters():

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import ROOT
+from infer_helpers import TINY
 from mgld.cli.train import main
 from mgld.config import CONFIG_SOURCE, load_config
 from mgld.io.frames import InputError
@@ -118,7 +118,7 @@ def test_resume_skips_a_damaged_last_checkpoint_and_says_so(clips, tmp_path, cap
 
 def test_stage2_sd_folder_errors_before_building(clips, tmp_path, no_model_building):
     write_synthetic_stage2(clips, tmp_path / "generated")
-    wide = load_config(ROOT / "configs" / "tiny.yaml", ["model.vae.ch=64"]).model
+    wide = load_config(TINY, ["model.vae.ch=64"]).model
     build_vae(wide).base.save_pretrained(tmp_path / "wide_sd" / "vae")
     fails(["--config", TINY2, f"data.root={clips}", f"data.generated_root={tmp_path / 'generated'}",
            f"init.sd_checkpoint={tmp_path / 'wide_sd'}", f"output_dir={tmp_path / 'run'}"], CheckpointError,

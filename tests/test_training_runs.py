@@ -10,7 +10,6 @@ the whole batch at once).
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import subprocess_env
 from mgld.training import Stage1System, Stage2System, train
 from mgld.training.checkpointing import (
     AtomicCheckpointIO,
@@ -30,16 +29,10 @@ from mgld.training.checkpointing import (
     remove_stale_temporaries,
 )
 from mgld.weights.checkpoints import CheckpointError
-from training_helpers import TINY_STAGE, tiny_config, tiny_overrides, write_training_data
+from training_helpers import TINY_STAGE, tiny_config, tiny_overrides
 
 LOGGING = ("trainer.log_every_n_steps=1", "trainer.image_every_n_steps=0")  # scalars every step, no images
 pytestmark = pytest.mark.usefixtures("one_thread_module")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """2 sequences x 10 frames of 32x32 (20 clips) with bicubic LQ frames and random latents."""
-    return write_training_data(tmp_path_factory.mktemp("data"))
 
 
 def overrides(stage: int, data: Path, out: Path, *extra: str) -> list[str]:
@@ -52,8 +45,7 @@ def config(stage: int, data: Path, out: Path, *extra: str):
 
 def mgld_train(stage: int, args: list[str], *, wait: bool = True, timeout: float = 240):
     """``python -m mgld train --config tiny_stageN args`` in a subprocess (one thread per process)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get(
-        "PYTHONPATH", "")]), "HF_HUB_OFFLINE": "1"}
+    env = subprocess_env()
     cmd = [sys.executable, "-m", "mgld", "train", "--config", str(TINY_STAGE[stage]),
            *args]
     if not wait:
@@ -206,8 +198,7 @@ def test_checkpoint_killed_during_its_save_leaves_the_previous_one_intact(tmp_pa
     folder = tmp_path / "checkpoints"
     io = AtomicCheckpointIO()
     io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "global_step": 4}, folder / "last.ckpt")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    run = subprocess.run([sys.executable, "-c", _KILL_DURING_SAVE, str(folder / "last.ckpt")], env=env,
+    run = subprocess.run([sys.executable, "-c", _KILL_DURING_SAVE, str(folder / "last.ckpt")], env=subprocess_env(),
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]
     leftovers = [p for p in folder.iterdir() if p.name != "last.ckpt"]
