@@ -42,4 +42,5 @@ def test_check_parity_script_passes_on_the_fixtures_and_fails_on_a_perturbed_one
 def test_check_parity_script_reports_a_missing_folder(tmp_path):
     out = subprocess.run([sys.executable, "scripts/check_parity.py", str(tmp_path / "none")],
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert out.returncode == 2 and "config.json: not found" in out.stderr
+    # a missing fixture folder is unreadable input: exit 1, as every command (README "Errors and exit codes")
+    assert out.returncode == 1 and "config.json: not found" in out.stderr
